@@ -1,0 +1,302 @@
+"""The single writer for the SQLite history (WAL mode, short sessions, one lock for every write).
+
+Datasette and Frigate funnel SQLite writes through one place; we do the same with a lock rather than a
+thread because our writes are tiny and the lock keeps call sites synchronous and simple. Readers never take
+the lock: WAL lets them read while a write is in progress. A second process (`tuwen ask` beside a running
+`tuwen serve`) is serialised by SQLite's own locking and `busy_timeout`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, or_, select, text, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.models import Job, JobStatus, utcnow
+
+log = logging.getLogger("tuwen.db")
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+class Store:
+    """All reads and writes of the job history."""
+
+    def __init__(self, db_path: Path) -> None:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = db_path
+        self.engine: Engine = create_engine(
+            f"sqlite:///{db_path}",
+            connect_args={"check_same_thread": False, "timeout": 30},
+        )
+        event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._write_lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision (creates the database on first start)."""
+        from alembic import command
+        from alembic.config import Config as AlembicConfig
+
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        cfg.set_main_option("sqlalchemy.url", str(self.engine.url))
+        with self._write_lock, self.engine.begin() as connection:
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, "head")
+
+    def close(self) -> None:
+        """Checkpoint the WAL and release connections."""
+        with self._write_lock:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.engine.dispose()
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with self._write_lock, self._sessions.begin() as session:
+            yield session
+
+    def _read(self) -> Session:
+        return self._sessions()
+
+    # -- writes ------------------------------------------------------------------------------------
+
+    def add_job(self, **fields: Any) -> Job:
+        """Insert a job row (status queued unless given) and return it."""
+        with self._write() as session:
+            job = Job(**fields)
+            session.add(job)
+            session.flush()
+            return job
+
+    def claim(
+        self, limit: int, *, uids: Sequence[str] | None = None, alone_at_or_below: int = 0
+    ) -> list[Job]:
+        """Atomically move up to `limit` due queued jobs of the most urgent priority to `running`.
+
+        Jobs with priority `alone_at_or_below` or more urgent are claimed one at a time: someone is waiting
+        on each of them, often watching the answer stream in.
+        """
+        now = utcnow()
+        with self._write() as session:
+            query = (
+                select(Job.id, Job.priority)
+                .where(Job.status == JobStatus.QUEUED)
+                .where(or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= now))
+                .order_by(Job.priority, Job.id)
+                .limit(limit)
+            )
+            if uids is not None:
+                query = query.where(Job.uid.in_(list(uids)))
+            rows = session.execute(query).all()
+            if not rows:
+                return []
+            # A batch never mixes priorities: interactive jobs are answered alone, and at once.
+            ids = [row.id for row in rows if row.priority == rows[0].priority]
+            if rows[0].priority <= alone_at_or_below:
+                ids = ids[:1]
+            session.execute(
+                update(Job)
+                .where(Job.id.in_(ids))
+                .values(status=JobStatus.RUNNING, started_at=now, attempts=Job.attempts + 1)
+            )
+            return list(session.scalars(select(Job).where(Job.id.in_(ids)).order_by(Job.id)))
+
+    def finish(self, job_id: int, **fields: Any) -> Job:
+        """Record a job's final state (done or failed) with its answer or error."""
+        with self._write() as session:
+            job = session.get_one(Job, job_id)
+            for key, value in fields.items():
+                setattr(job, key, value)
+            job.finished_at = fields.get("finished_at", utcnow())
+            job.next_attempt_at = None
+            return job
+
+    def schedule_retry(self, job_id: int, when: datetime, error: str, error_code: str) -> None:
+        """Put a job back in the queue, due at `when`."""
+        with self._write() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(status=JobStatus.QUEUED, next_attempt_at=when, error=error, error_code=error_code)
+            )
+
+    def requeue(self, job_ids: Sequence[int], *, refund_attempt: bool = True) -> int:
+        """Return claimed jobs to the queue (shutdown, or a worker restart) without counting an attempt."""
+        if not job_ids:
+            return 0
+        with self._write() as session:
+            values: dict[str, Any] = {"status": JobStatus.QUEUED, "started_at": None}
+            if refund_attempt:
+                values["attempts"] = func.max(Job.attempts - 1, 0)
+            result = session.execute(
+                update(Job).where(Job.id.in_(list(job_ids)), Job.status == JobStatus.RUNNING).values(**values)
+            )
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    def requeue_stale_running(self) -> int:
+        """At start-up: jobs left `running` by a crash or power cut go back to the queue."""
+        with self._write() as session:
+            result = session.execute(
+                update(Job)
+                .where(Job.status == JobStatus.RUNNING)
+                .values(status=JobStatus.QUEUED, started_at=None)
+            )
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    def retry_failed(self, job_ids: Sequence[int] | None = None) -> int:
+        """Queue failed jobs again (all, or the given ids) with a fresh attempt count."""
+        with self._write() as session:
+            query = update(Job).where(Job.status == JobStatus.FAILED)
+            if job_ids is not None:
+                query = query.where(Job.id.in_(list(job_ids)))
+            result = session.execute(
+                query.values(
+                    status=JobStatus.QUEUED, attempts=0, next_attempt_at=None, error=None, error_code=None
+                )
+            )
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job | None:
+        """One job by id."""
+        with self._read() as session:
+            return session.get(Job, job_id)
+
+    def get_by_uid(self, uid: str) -> Job | None:
+        """One job by its public uid."""
+        with self._read() as session:
+            return session.scalars(select(Job).where(Job.uid == uid)).first()
+
+    def jobs_by_uids(self, uids: Sequence[str]) -> list[Job]:
+        """Several jobs by uid, in id order."""
+        with self._read() as session:
+            return list(session.scalars(select(Job).where(Job.uid.in_(list(uids))).order_by(Job.id)))
+
+    def find_answer_for_content(
+        self, sha256: str, prompt_hash: str, model: str, model_version: str
+    ) -> Job | None:
+        """A done job for the same content, prompt and model: its answer can be reused."""
+        with self._read() as session:
+            return session.scalars(
+                select(Job)
+                .where(
+                    Job.sha256 == sha256,
+                    Job.prompt_hash == prompt_hash,
+                    Job.model == model,
+                    Job.model_version == model_version,
+                    Job.status == JobStatus.DONE,
+                )
+                .order_by(Job.id)
+                .limit(1)
+            ).first()
+
+    def has_file_state(self, file_path: str, size: int, mtime: float) -> bool:
+        """Whether a job already exists for this exact path, size and mtime (a file we have seen)."""
+        with self._read() as session:
+            found = session.scalar(
+                select(Job.id)
+                .where(Job.file_path == file_path, Job.file_size == size, Job.file_mtime == mtime)
+                .limit(1)
+            )
+            return found is not None
+
+    def latest_job_for_file(self, file_path: str, size: int, mtime: float, prompt_hash: str) -> Job | None:
+        """The newest job for this exact file state and prompt (a resumed `tuwen batch`)."""
+        with self._read() as session:
+            return session.scalars(
+                select(Job)
+                .where(
+                    Job.file_path == file_path,
+                    Job.file_size == size,
+                    Job.file_mtime == mtime,
+                    Job.prompt_hash == prompt_hash,
+                )
+                .order_by(Job.id.desc())
+                .limit(1)
+            ).first()
+
+    def active_job_for_file(self, file_path: str, sha256: str) -> Job | None:
+        """A queued or running job for this path and content (so a stray event does not queue it twice)."""
+        with self._read() as session:
+            return session.scalars(
+                select(Job).where(
+                    Job.file_path == file_path,
+                    Job.sha256 == sha256,
+                    Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+                )
+            ).first()
+
+    def finished_jobs_for_source(self, source: str, source_ref: str) -> list[Job]:
+        """The newest finished job per file for one source instance (sidecar repair at start)."""
+        with self._read() as session:
+            newest = (
+                select(func.max(Job.id))
+                .where(
+                    Job.source == source,
+                    Job.source_ref == source_ref,
+                    Job.status.in_([JobStatus.DONE, JobStatus.FAILED]),
+                    Job.file_path.is_not(None),
+                )
+                .group_by(Job.file_path)
+            )
+            return list(session.scalars(select(Job).where(Job.id.in_(newest)).order_by(Job.id)))
+
+    def list_jobs(self, status: str | None = None, limit: int = 50, source: str | None = None) -> list[Job]:
+        """Newest jobs first, optionally filtered."""
+        with self._read() as session:
+            query = select(Job).order_by(Job.id.desc()).limit(limit)
+            if status:
+                query = query.where(Job.status == status)
+            if source:
+                query = query.where(Job.source == source)
+            return list(session.scalars(query))
+
+    def queue_depth(self) -> dict[int, int]:
+        """Queued jobs per priority."""
+        with self._read() as session:
+            rows = session.execute(
+                select(Job.priority, func.count())
+                .where(Job.status == JobStatus.QUEUED)
+                .group_by(Job.priority)
+            ).all()
+            return {int(priority): int(count) for priority, count in rows}
+
+    def status_counts(self) -> dict[str, int]:
+        """Jobs per status."""
+        with self._read() as session:
+            rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+            return {str(status): int(count) for status, count in rows}
+
+    def next_due_time(self) -> datetime | None:
+        """When the earliest deferred retry becomes due (so the worker can sleep until then)."""
+        with self._read() as session:
+            return session.scalar(
+                select(func.min(Job.next_attempt_at)).where(Job.status == JobStatus.QUEUED)
+            )
+
+    def integrity_check(self) -> str:
+        """SQLite's own integrity check ('ok' when healthy)."""
+        with self.engine.connect() as conn:
+            return str(conn.execute(text("PRAGMA integrity_check")).scalar())
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL: readers don't block the writer; NORMAL sync is durable across process crashes in WAL mode.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

@@ -1,0 +1,125 @@
+"""The resident service: builds the spine from config, starts it, and stops it along one path.
+
+Start order: database (migrate, re-queue jobs a crash left running) → model worker → sources → HTTP.
+Stop order is the reverse: stop accepting, stop sources, let the worker finish or re-queue the job in hand,
+close the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Generator
+
+import uvicorn
+
+from db.store import Store
+from service.backends.registry import create_backend
+from service.config import Config
+from service.messages import msg
+from service.queue import JobQueue
+from service.registry import build_sources
+from service.sources import Source
+from service.worker import BackendFactory, ModelWorker
+
+log = logging.getLogger("tuwen.service")
+
+STOP_TIMEOUT_SECONDS = 30.0
+
+
+class App:
+    """Everything `tuwen serve` runs, wired together."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        backend_factory: BackendFactory = create_backend,
+        with_sources: bool = True,
+        only_uids: set[str] | None = None,
+    ) -> None:
+        self.config = config
+        self.started_at = time.time()
+        config.storage.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(config.db_path)
+        self.store.migrate()
+        requeued = self.store.requeue_stale_running()
+        if requeued:
+            log.warning("re-queued %d job(s) left running by an earlier stop or crash", requeued)
+        self.queue = JobQueue(self.store)
+        self.worker = ModelWorker(config, self.store, self.queue, backend_factory, only_uids=only_uids)
+        self.sources: list[Source] = build_sources(config, self.queue) if with_sources else []
+        self._started: list[Source] = []
+
+    def start(self) -> None:
+        """Start the worker, then each source (a source that fails to start is logged, not fatal)."""
+        self.worker.start()
+        for source in self.sources:
+            try:
+                source.start()
+                self._started.append(source)
+            except Exception:
+                log.exception("source %s failed to start; the rest of the service runs on", source.name)
+
+    def stop(self) -> None:
+        """The one stop path."""
+        self.queue.accepting = False
+        for source in reversed(self._started):
+            try:
+                source.stop()
+            except Exception:
+                log.exception("stopping %s failed", source.name)
+        self._started.clear()
+        self.worker.stop(STOP_TIMEOUT_SECONDS)
+        self.store.close()
+        log.info("stopped cleanly")
+
+    async def serve_forever(self) -> None:
+        """Run until SIGTERM/SIGINT: worker, sources and the HTTP server."""
+        loop = asyncio.get_running_loop()
+        stop_event = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop_event.set)
+        self.start()
+        server: _Server | None = None
+        server_task: asyncio.Task[None] | None = None
+        if self.config.http.enabled:
+            from service.http.app import create_http_app
+
+            server = _Server(
+                uvicorn.Config(
+                    create_http_app(self),
+                    host=self.config.http.host,
+                    port=self.config.http.port,
+                    log_level="warning",
+                    lifespan="off",
+                )
+            )
+            server_task = asyncio.create_task(_serve_http(server, self.config.http.host, self.config.http.port))
+            log.info("HTTP on http://%s:%d (GET /health)", self.config.http.host, self.config.http.port)
+        await stop_event.wait()
+        log.info("stopping: no new events are taken")
+        if server is not None and server_task is not None:
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server_task, timeout=10)
+        await asyncio.to_thread(self.stop)
+
+
+async def _serve_http(server: uvicorn.Server, host: str, port: int) -> None:
+    # uvicorn exits the process when it cannot bind; the folders and the model must keep working.
+    try:
+        await server.serve()
+    except SystemExit:
+        log.error("%s", msg("http_bind_failed", host=host, port=port))
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: `App.serve_forever` owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield

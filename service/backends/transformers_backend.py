@@ -1,0 +1,510 @@
+"""GLM-4V (GLM-4.6V-Flash) in-process through Hugging Face transformers.
+
+One backend owns one model on one device. Prompts are built with the processor's own chat template from the
+checkpoint, so the visual token count, `mm_token_type_ids` and the 3-D rotary positions are exactly what the
+model was trained with. On a CPU box (torchvision cannot be installed beside CPU torch) `AutoProcessor` fails
+because GLM-4V's video processor needs torchvision; we then build the same `Glm4vProcessor` without a video
+processor, from the PIL image processor and the tokenizer, which expands `<|image|>` identically.
+
+Request values rule over config ones, except that `[model] max_new_tokens` caps every request, so an API
+client cannot ask a 12 GB card for 32k tokens.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import logging
+import re
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+
+from service.backends.base import Answer, OnText, Request
+from service.config import Config
+from service.errors import OutOfMemoryError, PermanentError, TuwenError
+from service.messages import msg
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+gen_log = logging.getLogger("tuwen.generate")
+vision_log = logging.getLogger("tuwen.vision")
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+WARMUP_SIZE = (64, 64)
+# bitsandbytes must leave the vision tower (its patch embedding is a Conv3d, and it is small) and the output
+# head in full precision; quantizing them costs accuracy for little memory.
+QUANT_SKIP_MODULES = ["model.visual", "lm_head"]
+
+
+def split_thinking(text: str) -> tuple[str, str | None]:
+    """Split generated text into (answer, reasoning).
+
+    Reasoning counts only when the text opens with `<think>` (GLM's thinking mode); a block that was cut off by
+    max_new_tokens before `</think>` leaves an empty answer rather than leaking half a thought to the user.
+    """
+    head = text.lstrip()
+    if not head.startswith(THINK_OPEN):
+        return text.strip(), None
+    reasoning, closed, answer = head[len(THINK_OPEN) :].partition(THINK_CLOSE)
+    return (answer.strip() if closed else ""), reasoning.strip()
+
+
+class VisibleText:
+    """Turns streamed pieces into the visible answer, so that the pieces sent add up to `Answer.text`.
+
+    Text that might still turn out to be reasoning (a leading `<th...`) and trailing whitespace (the final
+    answer is stripped) are held back until the next piece decides.
+    """
+
+    def __init__(self, strip_thinking: bool) -> None:
+        self.strip_thinking = strip_thinking
+        self.raw = ""
+        self.sent = 0
+
+    def feed(self, piece: str) -> str:
+        """Add a generated piece; return the newly visible text (possibly empty)."""
+        self.raw += piece
+        head = self.raw.lstrip()
+        if self.strip_thinking and (THINK_OPEN.startswith(head) or head.startswith(THINK_OPEN)):
+            visible = split_thinking(self.raw)[0] if THINK_CLOSE in head else ""
+        else:
+            visible = self.raw.strip()
+        return self._take(visible)
+
+    def finish(self) -> str:
+        """Return whatever is still held back once generation has ended."""
+        return self._take(self.text)
+
+    @property
+    def text(self) -> str:
+        """The final visible answer for everything fed so far."""
+        return split_thinking(self.raw)[0] if self.strip_thinking else self.raw.strip()
+
+    def _take(self, visible: str) -> str:
+        new = visible[self.sent :]
+        self.sent = max(self.sent, len(visible))
+        return new
+
+
+def model_version_of(path: str, commit_hash: str | None = None) -> str:
+    """A short stable id for the weights at `path`.
+
+    A hub-cache snapshot (or a hub id with a known commit) gives its commit; any other local folder gives
+    12 hex digits of a hash over config.json and the weight files' names and sizes (hashing gigabytes of
+    weights at every start would cost minutes).
+    """
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        if folder.parent.name == "snapshots" and re.fullmatch(r"[0-9a-f]{40}", folder.name):
+            return folder.name[:12]
+        digest = hashlib.sha256()
+        config = folder / "config.json"
+        if config.is_file():
+            digest.update(config.read_bytes())
+        for weights in sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")]):
+            digest.update(f"{weights.name}:{weights.stat().st_size}\n".encode())
+        return digest.hexdigest()[:12]
+    if commit_hash is None:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(path, "config.json")
+            if isinstance(cached, str):
+                commit_hash = Path(cached).parent.name
+        except Exception:  # an invalid repo id or an unreadable cache just means "not known yet"
+            commit_hash = None
+    return commit_hash[:12] if commit_hash else "unresolved"
+
+
+def _looks_local(path: str) -> bool:
+    # A hub id is "owner/name"; anything absolute, home- or dot-relative, or with more parts is a folder.
+    return (
+        path.startswith(("/", "~", ".", "\\"))
+        or re.match(r"^[A-Za-z]:", path) is not None
+        or (path.count("/") > 1)
+    )
+
+
+def _as_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent areas usually hold black pixels; flatten onto white as a viewer would show them.
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, (255, 255, 255))
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    return image.convert("RGB")
+
+
+def _image_only_processor(path: str, local: bool) -> Any:
+    """GLM-4V's processor without its torchvision-only video processor (images are all we send)."""
+    import transformers
+    from transformers import AutoTokenizer, Glm4vImageProcessorPil, Glm4vProcessor
+
+    class ImageOnlyGlm4vProcessor(Glm4vProcessor):
+        # ProcessorMixin takes its sub-processors from this signature, so dropping `video_processor` here is
+        # what lets the processor exist without torchvision; Glm4vProcessor's token expansion is unchanged.
+        def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None):
+            super().__init__(image_processor, tokenizer, None, chat_template=chat_template)
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
+    declared, _ = Glm4vImageProcessorPil.get_image_processor_dict(path, local_files_only=local)
+    pil_class = getattr(
+        transformers, f"{declared.get('image_processor_type', '')}Pil", Glm4vImageProcessorPil
+    )
+    image_processor = pil_class.from_pretrained(path, local_files_only=local)
+    return ImageOnlyGlm4vProcessor(image_processor, tokenizer, chat_template=tokenizer.chat_template)
+
+
+def _until(event: threading.Event) -> Any:
+    """Stopping criteria that end generation once `event` is set."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class UntilEvent(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+            return torch.full(
+                (input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device
+            )
+
+    return StoppingCriteriaList([UntilEvent()])
+
+
+class TransformersBackend:
+    """A GLM-4V checkpoint loaded with transformers (see the module docstring)."""
+
+    name = "transformers"
+
+    def __init__(self, config: Config) -> None:
+        self.settings = config.model
+        self.model_id = config.model.path
+        self.model_version = model_version_of(config.model.path)
+        self.device = "cpu"
+        self.image_only_processor = False  # True when the torchvision-free fallback was taken
+        self._model: Any = None
+        self._processor: Any = None
+        self._stop_ids: set[int] = set()
+
+    # ----- loading -------------------------------------------------------------------------------------
+
+    def _load_failed(self, reason: object) -> PermanentError:
+        return PermanentError(msg("model_load_failed", path=self.model_id, reason=reason))
+
+    def load(self) -> None:
+        """Load weights and processor (offline for a local folder), then warm up when configured."""
+        import torch
+
+        started = time.monotonic()
+        path = self.model_id
+        local = Path(path).expanduser().is_dir()
+        if not local and _looks_local(path):
+            raise self._load_failed("folder not found")
+        if local:
+            path = str(Path(path).expanduser())
+        self.device, dtype = self._device_and_dtype()
+        kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": local}
+        quantization = self._quantization_config(dtype)
+        if quantization is not None:
+            kwargs["quantization_config"] = quantization
+        if self.device == "cuda":
+            kwargs["device_map"] = "cuda"
+        try:
+            from transformers import AutoModelForImageTextToText
+
+            self._model = AutoModelForImageTextToText.from_pretrained(path, **kwargs).eval()
+            self._processor = self._load_processor(path, local)
+        except torch.cuda.OutOfMemoryError as exc:
+            self.close()
+            raise self._load_failed('out of GPU memory while loading; try quantization = "4bit"') from exc
+        except Exception as exc:
+            self.close()
+            raise self._load_failed(
+                f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
+            ) from exc
+        self._processor.tokenizer.padding_side = "left"  # generation continues at the right edge
+        eos = self._model.generation_config.eos_token_id
+        self._stop_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self._processor.tokenizer.pad_token_id is not None:
+            self._stop_ids.add(self._processor.tokenizer.pad_token_id)
+        self.model_version = model_version_of(path, getattr(self._model.config, "_commit_hash", None))
+        log.info(
+            "loaded %s (version %s) on %s as %s%s in %.1f s",
+            self.model_id,
+            self.model_version,
+            self.device,
+            str(dtype).removeprefix("torch."),
+            f", {self.settings.quantization}" if quantization is not None else "",
+            time.monotonic() - started,
+        )
+        if self.settings.warmup:
+            self._warm_up()
+
+    def _device_and_dtype(self) -> tuple[str, torch.dtype]:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+        if self.settings.device == "cuda" and not has_cuda:
+            raise self._load_failed('device = "cuda" but torch sees no CUDA GPU')
+        device = (
+            "cuda"
+            if self.settings.device == "cuda" or (self.settings.device == "auto" and has_cuda)
+            else "cpu"
+        )
+        if self.settings.dtype == "auto":
+            # bf16 halves memory on GPUs; CPUs run float32 much faster than emulated bf16.
+            return device, torch.bfloat16 if device == "cuda" else torch.float32
+        return device, getattr(torch, self.settings.dtype)
+
+    def _quantization_config(self, dtype: torch.dtype) -> Any:
+        quantization = self.settings.quantization
+        if quantization == "none":
+            return None
+        if self.device != "cuda":
+            raise self._load_failed(
+                f'quantization = "{quantization}" needs a CUDA GPU (bitsandbytes); '
+                'set quantization = "none" to run on the CPU'
+            )
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as exc:
+            raise self._load_failed(
+                f"quantization = \"{quantization}\" needs bitsandbytes: pip install 'tuwen[quant]'"
+            ) from exc
+        from transformers import BitsAndBytesConfig
+
+        if quantization == "4bit":
+            return BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_compute_dtype=dtype,
+                bnb_4bit_use_double_quant=True,
+                llm_int8_skip_modules=QUANT_SKIP_MODULES,
+            )
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=QUANT_SKIP_MODULES)
+
+    def _load_processor(self, path: str, local: bool) -> Any:
+        try:
+            # Imported here: a broken torchvision makes this very import fail (FIELD-NOTES).
+            from transformers import AutoProcessor
+
+            processor = AutoProcessor.from_pretrained(path, local_files_only=local)
+            self.image_only_processor = False
+            return processor
+        except Exception as exc:
+            vision_log.info(
+                "AutoProcessor unavailable (%s); using the image-only GLM-4V processor",
+                str(exc).strip().splitlines()[0][:200] or type(exc).__name__,
+            )
+        self.image_only_processor = True
+        return _image_only_processor(path, local)
+
+    def _warm_up(self) -> None:
+        from service.backends.base import single_image_request
+
+        started = time.monotonic()
+        request = single_image_request(Image.new("RGB", WARMUP_SIZE, "white"), "hi", max_new_tokens=2)
+        try:
+            self._run([request])
+        except TuwenError as exc:
+            raise self._load_failed(f"warm-up failed: {exc.message.en}") from exc
+        log.info("warm-up generate took %.2f s", time.monotonic() - started)
+
+    # ----- generation ----------------------------------------------------------------------------------
+
+    def answer(self, request: Request) -> Answer:
+        """Answer one request."""
+        return self._run([request])[0]
+
+    def stream(self, request: Request, on_text: OnText) -> Answer:
+        """Answer one request, calling `on_text` with each new piece of visible text."""
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self._tokenizer, skip_prompt=True, skip_special_tokens=True)
+        visible = VisibleText(self.settings.strip_thinking)
+        cancel = threading.Event()
+        outcome: dict[str, Any] = {}
+
+        def generate() -> None:
+            try:
+                outcome["answers"] = self._run([request], streamer=streamer, stopping_criteria=_until(cancel))
+            except BaseException as exc:  # handed to the caller's thread below
+                outcome["error"] = exc
+                streamer.end()  # unblock the reader; generate() never reached its own end()
+
+        worker = threading.Thread(target=generate, name=f"generate-{request.job_id}", daemon=True)
+        worker.start()
+        try:
+            for piece in streamer:
+                shown = visible.feed(piece)
+                if shown:
+                    on_text(shown)
+        except BaseException:
+            cancel.set()  # the reader has gone (a closed connection): stop spending GPU time on it
+            worker.join()
+            raise
+        worker.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        tail = visible.finish()
+        if tail:
+            on_text(tail)
+        answer: Answer = outcome["answers"][0]
+        return answer
+
+    def batch(self, requests: Sequence[Request]) -> list[Answer]:
+        """Answer several requests with left-padded batches; same order and results as single runs."""
+        answers: list[Answer | None] = [None] * len(requests)
+        # Sampling settings are per generate() call, so only requests with equal temperature share one.
+        groups: dict[float, list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(request.temperature, []).append(index)
+        size = self.settings.batch_size
+        try:
+            for indices in groups.values():
+                for start in range(0, len(indices), size):
+                    chunk = indices[start : start + size]
+                    for index, answer in zip(chunk, self._run([requests[i] for i in chunk]), strict=True):
+                        answers[index] = answer
+        finally:
+            self._release_cuda_cache()
+        return [a for a in answers if a is not None]
+
+    def close(self) -> None:
+        """Free the model and processor (and the CUDA cache when on a GPU)."""
+        self._model = None
+        self._processor = None
+        gc.collect()
+        self._release_cuda_cache()
+
+    @property
+    def _tokenizer(self) -> Any:
+        if self._processor is None:
+            raise PermanentError(msg("model_failed", reason="model is not loaded"))
+        return self._processor.tokenizer
+
+    def _release_cuda_cache(self) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def _conversation(self, request: Request) -> list[dict[str, Any]]:
+        if not request.turns or request.turns[-1].role != "user":
+            raise PermanentError(msg("model_failed", reason="the conversation must end with a user turn"))
+        messages = []
+        for turn in request.turns:
+            images = turn.images if turn.role == "user" else ()
+            content: list[dict[str, Any]] = [{"type": "image", "image": _as_rgb(img)} for img in images]
+            content.append({"type": "text", "text": turn.text})
+            messages.append({"role": turn.role, "content": content})
+        return messages
+
+    def _prepare(self, requests: Sequence[Request]) -> Any:
+        conversations = [self._conversation(r) for r in requests]
+        started = time.monotonic()
+        try:
+            inputs = self._processor.apply_chat_template(
+                conversations,
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+                return_tensors="pt",
+                processor_kwargs={"padding": True},
+                # Chat users must not be able to type `<|image|>` or role tokens into the prompt.
+                sanitize_control_tokens=True,
+            )
+        except Exception as exc:
+            raise PermanentError(msg("model_failed", reason=f"preparing the prompt: {exc}")) from exc
+        grids = inputs["image_grid_thw"].tolist() if "image_grid_thw" in inputs else []
+        merge = self._processor.image_processor.merge_size**2
+        for request in requests:
+            for turn in request.turns:
+                for image in turn.images if turn.role == "user" else ():
+                    t, h, w = grids.pop(0)
+                    vision_log.debug(
+                        "job %s: image %dx%d %s -> %dx%d patches, %d visual tokens",
+                        request.job_id,
+                        image.width,
+                        image.height,
+                        image.mode,
+                        w,
+                        h,
+                        t * h * w // merge,
+                    )
+        vision_log.debug(
+            "jobs %s: prompt prepared in %.3f s", [r.job_id for r in requests], time.monotonic() - started
+        )
+        return inputs
+
+    def _generate_kwargs(self, requests: Sequence[Request]) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"max_new_tokens": max(self._max_new_tokens(r) for r in requests)}
+        temperature = requests[0].temperature
+        if temperature > 0:
+            kwargs.update(do_sample=True, temperature=temperature)
+        else:
+            # The checkpoint's generation_config samples by default; greedy must be asked for explicitly.
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kwargs
+
+    def _max_new_tokens(self, request: Request) -> int:
+        return min(request.max_new_tokens, self.settings.max_new_tokens)
+
+    def _run(self, requests: Sequence[Request], **extra: Any) -> list[Answer]:
+        """Generate for `requests` as one padded batch; maps failures onto the service's error kinds."""
+        import torch
+
+        if self._model is None:
+            raise PermanentError(msg("model_failed", reason="model is not loaded"))
+        job_ids = [r.job_id for r in requests]
+        inputs = self._prepare(requests).to(self._model.device)
+        prompt_width = inputs["input_ids"].shape[1]
+        started = time.monotonic()
+        try:
+            with torch.inference_mode():
+                output = self._model.generate(**inputs, **self._generate_kwargs(requests), **extra)
+        except torch.cuda.OutOfMemoryError as exc:
+            gen_log.warning("jobs %s: out of GPU memory with a batch of %d", job_ids, len(requests))
+            del inputs
+            self._release_cuda_cache()
+            raise OutOfMemoryError(msg("model_oom")) from exc
+        except Exception as exc:
+            gen_log.exception("jobs %s: generation failed", job_ids)
+            raise PermanentError(msg("model_failed", reason=f"{type(exc).__name__}: {exc}")) from exc
+        seconds = time.monotonic() - started
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        visual_tokens = (inputs["input_ids"] == self._model.config.image_token_id).sum(dim=1).tolist()
+        answers = []
+        for row, request, prompt, visual in zip(output, requests, prompt_tokens, visual_tokens, strict=True):
+            new_ids = row[prompt_width:][: self._max_new_tokens(request)].tolist()
+            # Stop at the first end-of-turn token; later ones are padding from rows that finished earlier.
+            cut = next((i for i, token in enumerate(new_ids) if token in self._stop_ids), len(new_ids))
+            visible = VisibleText(self.settings.strip_thinking)
+            visible.feed(self._tokenizer.decode(new_ids[:cut], skip_special_tokens=True))
+            reasoning = split_thinking(visible.raw)[1] if self.settings.strip_thinking else None
+            answers.append(
+                Answer(
+                    text=visible.text,
+                    prompt_tokens=int(prompt),
+                    completion_tokens=cut,
+                    reasoning=reasoning,
+                    extra={"visual_tokens": int(visual)},
+                )
+            )
+            gen_log.info(
+                "job %s: %d prompt tokens (%d visual), %d new tokens in %.2f s%s",
+                request.job_id,
+                prompt,
+                visual,
+                cut,
+                seconds,
+                f" (batch of {len(requests)})" if len(requests) > 1 else "",
+            )
+        return answers

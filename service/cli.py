@@ -1,0 +1,186 @@
+"""`tuwen` command line: serve, ask, batch, check-config, jobs. Every command takes `-c PATH`.
+
+Like `service/registry.py` this is a composition root, so it may import adapters (lazily).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from service import __version__
+from service.config import DEFAULT_IGNORE, Config, load_config
+from service.errors import ConfigError
+from service.logs import setup_logging
+from service.messages import msg
+
+log = logging.getLogger("tuwen.service.cli")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `tuwen` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    if args.command == "check-config":
+        return _check_config(args)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return 2
+    secrets = [config.openai.api_key.get_secret_value(), config.http.api_key.get_secret_value()]
+    setup_logging(getattr(args, "log_level", None) or config.logging.level, secrets)
+    handler = {"serve": _serve, "ask": _ask, "batch": _batch, "jobs": _jobs}[args.command]
+    return int(handler(config, args))
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", help="config file (default: $TUWEN_CONFIG, then ./config.toml)")
+    parser = argparse.ArgumentParser(prog="tuwen", description="图问 tuwen — ask a vision-language model about images")
+    parser.add_argument("--version", action="version", version=f"tuwen {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", parents=[common], help="run the resident service")
+    serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    ask = sub.add_parser("ask", parents=[common], help="answer one image and print the answer")
+    ask.add_argument("image")
+    ask.add_argument("question", nargs="?")
+    ask.add_argument("--json", action="store_true", help="print the whole record as JSON")
+    batch = sub.add_parser("batch", parents=[common], help="answer every image in a folder (resumable)")
+    batch.add_argument("folder")
+    batch.add_argument("--prompt", help="question to ask (default: the first watch's prompt)")
+    batch.add_argument("--csv", dest="csv_out", help="write a CSV of the results (UTF-8 with BOM)")
+    batch.add_argument("--no-recursive", action="store_true")
+    batch.add_argument("--sidecars", action="store_true", help="also write JSON/XMP sidecars next to files")
+    sub.add_parser("check-config", parents=[common], help="validate the config file and exit")
+    jobs = sub.add_parser("jobs", parents=[common], help="list jobs, or retry failed ones")
+    jobs.add_argument("--status", choices=["queued", "running", "done", "failed"])
+    jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--retry", type=int, nargs="+", metavar="ID", help="retry these failed jobs")
+    jobs.add_argument("--retry-failed", action="store_true", help="retry every failed job")
+    jobs.add_argument("--json", action="store_true")
+    return parser
+
+
+def _print_config_error(exc: ConfigError) -> None:
+    print(str(msg("config_invalid", path=exc.source)), file=sys.stderr)
+    for line in exc.lines:
+        print(f"  {line}", file=sys.stderr)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return 1
+    print(str(msg("config_ok", path=args.config or "(resolved)")))
+    print(f"  backend={config.model.backend} data_dir={config.storage.data_dir} watches={len(config.watch)}")
+    return 0
+
+
+def _serve(config: Config, args: argparse.Namespace) -> int:
+    from service.app import App
+
+    app = App(config)
+    asyncio.run(app.serve_forever())
+    return 0
+
+
+def _one_shot_app(config: Config) -> Any:
+    from service.app import App
+
+    config.http.enabled = False
+    return App(config, with_sources=False, only_uids=set())
+
+
+def _ask(config: Config, args: argparse.Namespace) -> int:
+    from service.events import Event, Priority
+    from service.images import sha256_file
+
+    image = Path(args.image).resolve()
+    if not image.is_file():
+        print(str(msg("image_unreadable", reason=f"{image}: not found")), file=sys.stderr)
+        return 1
+    question = args.question or (config.watch[0].prompt if config.watch else "请描述这张图片")
+    st = image.stat()
+    app = _one_shot_app(config)
+    job = app.queue.submit(
+        Event(
+            source="cli", question=question, images=(str(image),), priority=Priority.CLI,
+            sha256=sha256_file(image), file_size=st.st_size, file_mtime=st.st_mtime,
+        )
+    )
+    app.worker.answer_only({job.uid})
+    app.start()
+    try:
+        result = app.queue.result(job.uid).result()
+    finally:
+        app.stop()
+    if args.json:
+        print(json.dumps(_job_dict(result), ensure_ascii=False, indent=2))
+    elif result.status == "done":
+        print(result.answer)
+    else:
+        print(str(msg("cli_job_failed", reason=result.error)), file=sys.stderr)
+    return 0 if result.status == "done" else 1
+
+
+def _batch(config: Config, args: argparse.Namespace) -> int:
+    from service.batch import run_batch
+
+    folder = Path(args.folder).resolve()
+    prompt = args.prompt or (config.watch[0].prompt if config.watch else "请描述这张图片")
+    app = _one_shot_app(config)
+    return run_batch(
+        app, folder, prompt, recursive=not args.no_recursive, ignores=DEFAULT_IGNORE,
+        csv_out=Path(args.csv_out) if args.csv_out else None, sidecars=args.sidecars,
+    )
+
+
+def _jobs(config: Config, args: argparse.Namespace) -> int:
+    from db.store import Store
+
+    store = Store(config.db_path)
+    store.migrate()
+    if args.retry or args.retry_failed:
+        count = store.retry_failed(args.retry if args.retry else None)
+        print(f"已重新排队 {count} 个失败任务 / re-queued {count} failed job(s); `tuwen serve` will answer them")
+        return 0
+    jobs = store.list_jobs(args.status, args.limit)
+    if args.json:
+        print(json.dumps([_job_dict(j) for j in jobs], ensure_ascii=False, indent=2))
+        return 0
+    writer = csv.writer(sys.stdout, delimiter="\t")
+    writer.writerow(["id", "status", "source", "created", "file/question", "answer/error"])
+    for job in jobs:
+        subject = job.file_path or job.question
+        outcome = (job.answer if job.status == "done" else job.error) or ""
+        writer.writerow([job.id, job.status, job.source, job.created_at.isoformat(timespec="seconds"),
+                         subject, outcome.replace("\n", " ")[:120]])
+    return 0
+
+
+def _job_dict(job: Any) -> dict[str, Any]:
+    fields = [
+        "id", "uid", "status", "source", "source_ref", "file_path", "question", "answer", "ocr_text",
+        "error", "error_code", "backend", "model", "model_version", "sha256", "width", "height", "pages",
+        "prompt_tokens", "completion_tokens", "latency_ms", "attempts", "duplicate_of",
+    ]
+    data = {name: getattr(job, name) for name in fields}
+    data["created_at"] = job.created_at.isoformat()
+    data["finished_at"] = job.finished_at.isoformat() if job.finished_at else None
+    return data
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""Typed, strict configuration: one pydantic model per TOML table, unknown keys rejected.
+
+Resolution order: `-c PATH`, then `$TUWEN_CONFIG`, then `./config.toml`, then built-in defaults. Secrets
+(and any other scalar key of a plain table) may be overridden from the environment as
+`TUWEN_<TABLE>__<KEY>` (e.g. `TUWEN_OPENAI__API_KEY`) or from a file `<table>__<key>` in systemd's
+`$CREDENTIALS_DIRECTORY`. Errors are reported one per line as `key.path: value reason`, the way Frigate
+reports config errors, so an IT generalist can find the line to fix.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from service.errors import ConfigError
+from service.messages import msg
+
+DEFAULT_PROMPT = "请用20字以内描述图中场景、人物和时间特征"
+
+# paperless-ngx's lesson: NAS, sync and OS litter must never become jobs. Our own sidecars and temporary
+# files are here too so writing a sidecar never triggers a job.
+DEFAULT_IGNORE: tuple[str, ...] = (
+    ".*",
+    "Thumbs.db",
+    "desktop.ini",
+    "@eaDir",
+    "#recycle",
+    "__MACOSX",
+    ".stfolder",
+    ".Trashes",
+    "~$*",
+    "*.part",
+    "*.crdownload",
+    "*.tmp",
+    "*.json",
+    "*.xmp",
+    "*.tuwen-tmp",
+    "tuwen-catalogue.csv",
+)
+
+
+class Strict(BaseModel):
+    """Base for every table: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class OpenAIConfig(Strict):
+    """`[openai]`: a remote OpenAI-compatible server (vLLM, SGLang, LMDeploy, Ollama, Zhipu)."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key: SecretStr = SecretStr("")
+    model: str = "zai-org/GLM-4.6V-Flash"
+    timeout_seconds: float = Field(120.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=10)
+
+
+class ModelConfig(Strict):
+    """`[model]`: which backend answers, and how it generates."""
+
+    backend: Literal["ocr", "transformers", "openai"] = "ocr"
+    path: str = "zai-org/GLM-4.6V-Flash"
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    max_new_tokens: int = Field(512, ge=1, le=32768)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    batch_size: int = Field(4, ge=1, le=64)
+    strip_thinking: bool = True
+    warmup: bool = True
+    ocr_step: bool = False
+
+
+class ImagesConfig(Strict):
+    """`[images]`: limits that keep one hostile or huge file from hurting the service."""
+
+    max_edge: int = Field(1024, ge=64, le=8192)
+    max_file_mb: int = Field(200, ge=1)
+    max_pixels: int = Field(180_000_000, ge=1_000_000)
+    max_pages: int = Field(50, ge=1)
+
+
+class StorageConfig(Strict):
+    """`[storage]`: where the database, uploads and reports live."""
+
+    data_dir: Path = Path("data")
+
+
+class HttpConfig(Strict):
+    """`[http]`: the built-in web server (`/health` now; the API and web UI later)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    api_key: SecretStr = SecretStr("")
+
+
+class QueueConfig(Strict):
+    """`[queue]`: retries for transient failures."""
+
+    max_attempts: int = Field(5, ge=1, le=100)
+    retry_base_seconds: float = Field(2.0, gt=0)
+    retry_max_seconds: float = Field(300.0, gt=0)
+
+
+class LoggingConfig(Strict):
+    """`[logging]`."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class WatchConfig(Strict):
+    """One `[[watch]]` folder: its own prompt, patterns and output place."""
+
+    path: Path
+    name: str = ""
+    prompt: str = DEFAULT_PROMPT
+    recursive: bool = True
+    include: list[str] = Field(default_factory=lambda: ["*"])
+    ignore: list[str] = Field(default_factory=list)
+    stable_seconds: float = Field(5.0, ge=0)
+    polling: bool = False
+    poll_interval_seconds: float = Field(5.0, gt=0)
+    rescan_seconds: float = Field(300.0, gt=0)
+    output_dir: Path | None = None
+    catalogue: bool = False
+    tags: list[str] = Field(default_factory=list)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt must not be empty")
+        return value
+
+    @property
+    def key(self) -> str:
+        """The name recorded with every job of this watch (the folder path when no name is given)."""
+        return self.name or str(self.path)
+
+    @property
+    def all_ignores(self) -> tuple[str, ...]:
+        """Default ignores plus the user's."""
+        return DEFAULT_IGNORE + tuple(self.ignore)
+
+
+class Config(Strict):
+    """The whole `config.toml`."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
+    images: ImagesConfig = Field(default_factory=ImagesConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    watch: list[WatchConfig] = Field(default_factory=list)
+
+    @field_validator("watch")
+    @classmethod
+    def _unique_watch_names(cls, watches: list[WatchConfig]) -> list[WatchConfig]:
+        keys = [w.key for w in watches]
+        duplicates = sorted({k for k in keys if keys.count(k) > 1})
+        if duplicates:
+            raise ValueError(f"two watches share the name {duplicates[0]!r}; give each a distinct name")
+        return watches
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite database file."""
+        return self.storage.data_dir / "tuwen.sqlite3"
+
+    def watch_by_key(self, key: str) -> WatchConfig | None:
+        """The watch whose `key` is `key`, if any."""
+        return next((w for w in self.watch if w.key == key), None)
+
+
+def default_config() -> Config:
+    """Built-in defaults: embedded OCR backend, `./data`, watching `./inbox`."""
+    return Config(watch=[WatchConfig(path=Path("inbox"))])
+
+
+def resolve_config_path(cli_path: str | os.PathLike[str] | None) -> Path | None:
+    """`-c PATH`, then `$TUWEN_CONFIG`, then `./config.toml`; None means built-in defaults."""
+    if cli_path:
+        return Path(cli_path)
+    env = os.environ.get("TUWEN_CONFIG")
+    if env:
+        return Path(env)
+    local = Path("config.toml")
+    return local if local.is_file() else None
+
+
+def load_config(cli_path: str | os.PathLike[str] | None = None) -> Config:
+    """Load, overlay secrets, validate. Raises `ConfigError` with one line per problem."""
+    path = resolve_config_path(cli_path)
+    if path is None:
+        data: dict[str, Any] = {"watch": [{"path": "inbox"}]}
+        source = "(built-in defaults)"
+        base_dir = Path.cwd()
+    else:
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(source, [str(msg("config_missing", path=path))])
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(source, [str(msg("config_toml", reason=exc))]) from exc
+        base_dir = path.resolve().parent
+    _overlay_secrets(data)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, format_validation_errors(exc, data)) from exc
+    return _resolve_relative_paths(config, base_dir if path is not None else Path.cwd())
+
+
+def _resolve_relative_paths(config: Config, base_dir: Path) -> Config:
+    # Relative paths mean "relative to the config file", as in systemd units and most servers; that way
+    # `tuwen serve -c /etc/tuwen/config.toml` does not depend on the working directory.
+    def absolute(p: Path) -> Path:
+        return p if p.is_absolute() else (base_dir / p)
+
+    config.storage.data_dir = absolute(config.storage.data_dir)
+    for watch in config.watch:
+        watch.path = absolute(watch.path)
+        if watch.output_dir is not None:
+            watch.output_dir = absolute(watch.output_dir)
+    return config
+
+
+def _overlay_secrets(data: dict[str, Any]) -> None:
+    overrides: dict[tuple[str, str], str] = {}
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir and Path(cred_dir).is_dir():
+        for file in Path(cred_dir).iterdir():
+            if "__" in file.name and file.is_file():
+                table, key = file.name.lower().split("__", 1)
+                overrides[(table, key)] = file.read_text(encoding="utf-8").strip()
+    for name, value in os.environ.items():
+        if name.startswith("TUWEN_") and "__" in name:
+            table, key = name[len("TUWEN_") :].lower().split("__", 1)
+            overrides[(table, key)] = value
+    for (table, key), value in overrides.items():
+        section = data.setdefault(table, {})
+        if isinstance(section, dict):
+            section[key] = value
+
+
+def format_validation_errors(exc: ValidationError, data: dict[str, Any]) -> list[str]:
+    """Turn pydantic's errors into `key.path: value reason` lines."""
+    lines = []
+    for error in exc.errors():
+        path = _format_loc(error["loc"])
+        kind = error["type"]
+        value = error.get("input")
+        if kind == "literal_error":
+            expected = error.get("ctx", {}).get("expected", "")
+            choices = ", ".join(part.strip(" '") for part in expected.replace(" or ", ", ").split(","))
+            lines.append(f"{path}: {value!r} is not one of {choices}")
+        elif kind == "extra_forbidden":
+            lines.append(f"{path}: unknown key (not a tuwen setting; check its spelling and table)")
+        elif kind == "missing":
+            lines.append(f"{path}: required but missing")
+        else:
+            reason = error["msg"].removeprefix("Value error, ")
+            shown = "***" if "key" in path or "token" in path or "secret" in path else repr(value)
+            lines.append(f"{path}: {shown} {reason[0].lower() + reason[1:] if reason else ''}")
+    return lines
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out

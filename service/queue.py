@@ -1,0 +1,127 @@
+"""The persistent job queue: every event becomes a job row before any work starts.
+
+The queue lives in SQLite so a crash or power cut loses nothing. In memory we keep only what cannot be
+persisted: futures for in-process callers waiting on a result, streaming listeners, and the condition the
+model worker sleeps on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import asdict
+
+from db.models import Job, JobStatus
+from db.store import Store
+from service.events import Event
+
+log = logging.getLogger("tuwen.service")
+
+FinishedListener = Callable[[Job], None]
+TextListener = Callable[[str], None]
+
+
+def prompt_hash(question: str) -> str:
+    """A short hash of the question, recorded with answers so a changed prompt is noticed."""
+    return hashlib.sha256(question.encode("utf-8")).hexdigest()[:16]
+
+
+class JobQueue:
+    """Submit events, wait for their results, and hear about every finished job."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._wakeup = threading.Condition()
+        self._pending = False
+        self._futures: dict[str, Future[Job]] = {}
+        self._text_listeners: dict[str, TextListener] = {}
+        self._finished_listeners: list[FinishedListener] = []
+        self._lock = threading.Lock()
+        self.accepting = True
+
+    def submit(self, event: Event, *, dedup: bool = False, on_text: TextListener | None = None) -> Job:
+        """Persist `event` as a queued job and wake the worker. Returns the new row.
+
+        With `dedup`, the worker reuses a previous answer for the same content, prompt and model
+        instead of running the model again (a scan dropped twice, touched or renamed).
+        """
+        if not self.accepting:
+            raise RuntimeError("the queue is shutting down")
+        uid = uuid.uuid4().hex
+        if on_text is not None:
+            with self._lock:
+                self._text_listeners[uid] = on_text
+        job = self.store.add_job(
+            uid=uid,
+            source=event.source,
+            source_ref=event.source_ref,
+            priority=int(event.priority),
+            status=JobStatus.QUEUED,
+            question=event.question,
+            prompt_hash=prompt_hash(event.question),
+            images=list(event.images),
+            file_path=event.images[0] if event.source in ("watch", "batch", "cli") and event.images else None,
+            file_size=event.file_size,
+            file_mtime=event.file_mtime,
+            sha256=event.sha256,
+            conversation_id=event.conversation_id,
+            history=[asdict(turn) for turn in event.history],
+            reply_to=event.reply_to,
+            extra=dict(event.extra),
+            dedup=1 if dedup else 0,
+        )
+        log.info("[job %s] queued from %s %s (priority %d)", job.uid[:8], job.source, job.source_ref, job.priority)
+        self.notify()
+        return job
+
+    def result(self, uid: str) -> Future[Job]:
+        """A future resolved with the finished job (done or failed) by the worker in this process."""
+        with self._lock:
+            future = self._futures.get(uid)
+            if future is None:
+                future = self._futures[uid] = Future()
+        job = self.store.get_by_uid(uid)
+        if job is not None and job.status in (JobStatus.DONE, JobStatus.FAILED) and not future.done():
+            future.set_result(job)
+        return future
+
+    def add_finished_listener(self, listener: FinishedListener) -> None:
+        """Call `listener(job)` on the worker thread after each job is recorded done or failed."""
+        self._finished_listeners.append(listener)
+
+    # -- for the worker --------------------------------------------------------------------------
+
+    def notify(self) -> None:
+        """Wake the worker: there is new work."""
+        with self._wakeup:
+            self._pending = True
+            self._wakeup.notify_all()
+
+    def wait_for_work(self, timeout: float) -> None:
+        """Sleep until `notify()` or `timeout`."""
+        with self._wakeup:
+            if not self._pending:
+                self._wakeup.wait(timeout)
+            self._pending = False
+
+    def text_listener(self, uid: str) -> TextListener | None:
+        """The streaming listener registered for job `uid`, if any."""
+        with self._lock:
+            return self._text_listeners.get(uid)
+
+    def finished(self, job: Job) -> None:
+        """Announce a finished job: resolve its future and tell every listener. Listener errors are logged."""
+        with self._lock:
+            self._text_listeners.pop(job.uid, None)
+            future = self._futures.pop(job.uid, None)
+        for listener in self._finished_listeners:
+            try:
+                listener(job)
+            except Exception:  # a sink must never take the worker down
+                log.exception("[job %s] a finished-job listener failed", job.uid[:8])
+        if future is not None and not future.done():
+            future.set_result(job)

@@ -1,0 +1,25 @@
+"""The explicit registry of event sources, built from config in one visible place.
+
+This and `service/cli.py` are the composition roots: the only service modules that know adapters exist.
+Imports are lazy so an optional adapter (wechaty, later) costs nothing unless configured, and so the core
+modules keep importing nothing from `watchers/` or `bots/`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.config import Config
+    from service.queue import JobQueue
+    from service.sources import Source
+
+
+def build_sources(config: Config, queue: JobQueue) -> list[Source]:
+    """One source per configured watch (bots and others join here in later issues)."""
+    sources: list[Source] = []
+    if config.watch:
+        from watchers.folder import FolderWatcher
+
+        sources.extend(FolderWatcher(watch, queue) for watch in config.watch)
+    return sources

@@ -1,0 +1,1 @@
+"""Folder-watching source: watch scans, write sidecars and catalogues."""
