@@ -39,6 +39,7 @@ DEFAULT_IGNORE: tuple[str, ...] = (
     "*.json",
     "*.xmp",
     "*.tuwen-tmp",
+    "*.bak-*",
     "tuwen-catalogue.csv",
 )
 

@@ -1,8 +1,20 @@
 """The image pipeline: from a file on disk to size-capped RGB pages the model can take.
 
 Everything a hostile or broken file can do is turned into a `PermanentError` with a catalogue message here,
-so the worker never sees a PIL exception. Large JPEGs are decoded in draft mode (the decoder scales by 1/2,
-1/4 or 1/8 while decoding), which is several times faster than decoding full size and then resizing.
+so the worker never sees a PIL exception. Large JPEGs (and MPO, the JPEG variant many phones write) are
+decoded in draft mode: libjpeg scales by 1/2, 1/4 or 1/8 while decoding, which is several times faster than
+decoding full size and then resizing (a 6000×4000 photo: ~0.3 s full decode + resize, ~0.04 s in draft).
+
+Choices worth knowing:
+- The format is sniffed from the content, never from the name: a PNG saved as `scan.jpg` decodes. Users rename
+  files carelessly and the bytes are what matter. Only `SUPPORTED_FORMATS` are tried, so the many obscure
+  PIL plugins (EPS, PSD, ICO, ...) are never exposed to untrusted files.
+- `[images] max_pixels` is checked from the header before any pixel is decoded. PIL's own global
+  `Image.MAX_IMAGE_PIXELS` stays in place as a backstop (its hard error becomes `image_bomb` too), but its
+  warning is not turned into an error: doing that would refuse images our configured limit allows, and
+  `warnings.catch_warnings` is process-global state that is not safe to flip from a worker thread.
+- A file that cannot be opened (missing, permissions, a directory) is `image_unreadable`; a file that opens
+  but does not decode is `image_corrupt`. Truncated data is always an error, never grey filler.
 """
 
 from __future__ import annotations
@@ -10,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import warnings
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +36,13 @@ log = logging.getLogger("tuwen.vision")
 
 # Formats we promise to read. MPO is what many phones write for JPEG photos.
 SUPPORTED_FORMATS = {"JPEG", "MPO", "PNG", "TIFF", "WEBP", "BMP", "GIF"}
-# Formats where only the first frame is meant (animations), as opposed to TIFF pages.
+# Formats where only the first frame is meant (animations, stereo pairs), as opposed to TIFF pages.
 FIRST_FRAME_ONLY = {"GIF", "WEBP", "PNG", "MPO"}
+# Formats whose decoder can scale down while decoding (`Image.draft`).
+DRAFT_FORMATS = {"JPEG", "MPO"}
+# 16-bit (and 32-bit integer) greyscale: archival scanners write these as TIFF, some tools as PNG.
+_WIDE_GREY_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 
 # Never let PIL silently fill a truncated file with grey: that would be a wrong answer, not an error.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -61,15 +78,18 @@ def decode_image(path: Path, limits: ImagesConfig, job_id: str = "-") -> Decoded
     if size > limits.max_file_mb * 1024 * 1024:
         raise PermanentError(msg("image_too_large", size_mb=size / 1048576, limit_mb=limits.max_file_mb))
     try:
-        with warnings.catch_warnings():
-            # PIL only warns between max_pixels and 2× max_pixels; we want a hard limit.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                return _decode_open_image(image, limits, job_id)
+        # Opened here rather than by PIL so that "cannot open" (gone, no permission, a directory) is told
+        # apart from "opened but not decodable".
+        handle = open(path, "rb")  # noqa: SIM115 - closed by the `with` below
+    except OSError as exc:
+        raise PermanentError(msg("image_unreadable", reason=exc.strerror or exc)) from exc
+    try:
+        with handle, Image.open(handle, formats=sorted(SUPPORTED_FORMATS)) as image:
+            return _decode_open_image(image, limits, job_id)
     except PermanentError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise PermanentError(msg("image_bomb", pixels="?", limit=limits.max_pixels)) from exc
+    except Image.DecompressionBombError as exc:
+        raise PermanentError(msg("image_bomb", pixels=_pixels_from(exc), limit=limits.max_pixels)) from exc
     except UnidentifiedImageError as exc:
         raise PermanentError(msg("image_not_image")) from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as exc:
@@ -78,24 +98,28 @@ def decode_image(path: Path, limits: ImagesConfig, job_id: str = "-") -> Decoded
         raise PermanentError(msg("image_corrupt")) from exc
 
 
+def _pixels_from(exc: Image.DecompressionBombError) -> str:
+    # PIL refuses in Image.open, before we hold the image; its message is the only place the size is told.
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    return found.group(1) if found else "?"
+
+
 def _decode_open_image(image: Image.Image, limits: ImagesConfig, job_id: str) -> DecodedImage:
     fmt = (image.format or "").upper()
     if fmt not in SUPPORTED_FORMATS:
         raise PermanentError(msg("image_not_image"))
-    width, height = image.size
-    if width * height > limits.max_pixels:
-        raise PermanentError(msg("image_bomb", pixels=width * height, limit=limits.max_pixels))
-    frames = 1 if fmt in FIRST_FRAME_ONLY else min(getattr(image, "n_frames", 1), limits.max_pages)
+    _check_pixels(image, limits)
+    available = 1 if fmt in FIRST_FRAME_ONLY else getattr(image, "n_frames", 1)
+    frames = min(available, limits.max_pages)
+    if frames < available:
+        log.info("[job %s] %d pages, only the first %d are used ([images] max_pages)", job_id, available, frames)
     pages: list[Image.Image] = []
     orig_size: tuple[int, int] | None = None
     for index in range(frames):
         if index:
             image.seek(index)
-            if image.size[0] * image.size[1] > limits.max_pixels:
-                raise PermanentError(
-                    msg("image_bomb", pixels=image.size[0] * image.size[1], limit=limits.max_pixels)
-                )
-        page, size = _decode_page(image, limits.max_edge)
+            _check_pixels(image, limits)
+        page, size = _decode_page(image, limits.max_edge, job_id)
         orig_size = orig_size or size
         pages.append(page)
     assert orig_size is not None
@@ -106,33 +130,52 @@ def _decode_open_image(image: Image.Image, limits: ImagesConfig, job_id: str) ->
     return DecodedImage(pages=pages, width=orig_size[0], height=orig_size[1], format=fmt)
 
 
-def _decode_page(image: Image.Image, max_edge: int) -> tuple[Image.Image, tuple[int, int]]:
+def _check_pixels(image: Image.Image, limits: ImagesConfig) -> None:
+    pixels = image.size[0] * image.size[1]
+    if pixels > limits.max_pixels:
+        raise PermanentError(msg("image_bomb", pixels=pixels, limit=limits.max_pixels))
+
+
+def _decode_page(image: Image.Image, max_edge: int, job_id: str) -> tuple[Image.Image, tuple[int, int]]:
     width, height = image.size
-    if image.format == "JPEG" and max(width, height) > max_edge:
+    if image.format in DRAFT_FORMATS and max(width, height) > max_edge:
         scale = max_edge / max(width, height)
         # draft() picks the largest 1/2^n reduction that still covers the requested size.
         image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
     image.load()
-    oriented = ImageOps.exif_transpose(image) or image
-    # Orientation 5–8 swap the axes; report the size the viewer sees, at full resolution.
-    rotated = oriented.size[0] != image.size[0]
-    orig_size = (height, width) if rotated else (width, height)
+    oriented = _apply_orientation(image, job_id)
+    # Orientation 5–8 swap the axes; report the size the viewer sees, at full resolution (not draft size).
+    swapped = oriented.size != image.size and oriented.size == image.size[::-1]
+    orig_size = (height, width) if swapped else (width, height)
     rgb = _to_rgb(oriented)
+    if rgb is image:
+        # The page must outlive the file, and thumbnail() below works in place.
+        rgb = rgb.copy()
     if max(rgb.size) > max_edge:
         rgb.thumbnail((max_edge, max_edge), Image.Resampling.LANCZOS, reducing_gap=3.0)
     return rgb, orig_size
 
 
+def _apply_orientation(image: Image.Image, job_id: str) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(image) or image
+    except (SyntaxError, ValueError, TypeError, KeyError, IndexError, OSError) as exc:
+        # Broken EXIF from some camera firmwares: the pixels are fine, so use them as stored.
+        log.info("[job %s] ignoring unreadable EXIF orientation: %s", job_id, exc)
+        return image
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode == "RGB":
-        return image.copy()
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        # Transparent scans (PNG exports) go on white paper, not black.
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        # Transparent scans (PNG exports, GIFs, palette PNGs with tRNS) go on white paper, not black.
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit greyscale TIFFs (archival scanners): scale to 8 bits instead of clipping to white.
-        return image.point(lambda v: v / 256).convert("L").convert("RGB")
+    if image.mode == "RGB":
+        return image
+    if image.mode in _WIDE_GREY_MODES:
+        # 16-bit greyscale TIFFs (archival scanners): scale to 8 bits instead of clipping to white. Going
+        # through "I" first because point() does not accept big-endian "I;16B" (TIFFs written as "MM").
+        return image.convert("I").point(lambda v: v / 256).convert("L").convert("RGB")
     return image.convert("RGB")

@@ -234,7 +234,7 @@ class ModelWorker:
             for work in works:
                 self._retry_or_fail(work.job, exc)
             return
-        except PermanentError as exc:
+        except TuwenError as exc:  # a permanent failure
             # A batch-level failure: answer the jobs one by one so one bad job cannot fail the rest.
             if len(works) > 1:
                 for work in works:
@@ -242,6 +242,12 @@ class ModelWorker:
                 return
             self._fail(works[0].job, exc.message)
             return
+        except Exception as exc:
+            # Not a failure the backend understood: record it on the jobs (a poison job must not crash
+            # the worker forever), then let the supervisor restart the backend in case its state is broken.
+            for work in works:
+                self._fail(work.job, msg("unexpected", reason=f"{type(exc).__name__}: {exc}"))
+            raise
         for work in works:
             self._complete(work)
 
@@ -250,7 +256,7 @@ class ModelWorker:
             self._answer_batched([work])
         except TransientError as exc:
             self._retry_or_fail(work.job, exc)
-        except PermanentError as exc:
+        except TuwenError as exc:
             self._fail(work.job, exc.message)
         else:
             self._complete(work)

@@ -13,13 +13,10 @@ from pathlib import Path
 
 from db.models import Job, JobStatus
 from service.config import WatchConfig
-from watchers.catalogue import CatalogueRow, append_catalogue_row
+from watchers.catalogue import CATALOGUE_NAME, CatalogueRow, append_catalogue_row
 from watchers.sidecars import SidecarRecord, sidecar_paths, write_json_sidecar, write_xmp_sidecar
 
 log = logging.getLogger("tuwen.watch.output")
-
-CATALOGUE_NAME = "tuwen-catalogue.csv"
-
 
 def record_for_job(job: Job, tags: tuple[str, ...] = ()) -> SidecarRecord:
     """The sidecar view of a job row."""
@@ -79,7 +76,7 @@ def write_sidecars_for_job(
                     correction=record.correction or "",
                 ),
             )
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         log.error("[job %s] cannot write sidecars for %s: %s", job.uid[:8], file, exc)
         return False
     return True

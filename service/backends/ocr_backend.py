@@ -1,0 +1,235 @@
+"""The embedded default backend: text recognition only, with RapidOCR's bundled PP-OCRv6 models.
+
+It exists so that a fresh install does something useful with no GPU and no download: scans of letters,
+certificates and photo captions come back as text. It is honest about what it is. Every answer starts with
+the catalogue line `ocr_no_vlm` (in both languages), because the question was not read by any model; a user
+who asked "who is in this photo?" must not mistake OCR output for an answer.
+
+RapidOCR 3.x ships its small PP-OCRv6 detection/recognition models and a direction classifier inside the
+wheel, and its default configuration uses exactly these, so nothing is fetched at run time. It needs
+onnxruntime installed beside it.
+
+Usage counts: there is no prompt, so `prompt_tokens` is 0; `completion_tokens` is the number of *characters*
+of the answer text, since OCR has no tokens and characters are the closest honest measure.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from service.backends.base import Answer, OnText, Request
+from service.errors import PermanentError
+from service.messages import msg
+
+if TYPE_CHECKING:
+    from service.config import Config
+
+logger = logging.getLogger("tuwen.vision")
+
+# Two boxes belong to one printed line when they share at least this fraction of the smaller box's height;
+# half a line tolerates slightly skewed scans without merging neighbouring lines, whose spacing is >1 line.
+LINE_OVERLAP = 0.5
+
+
+def _rapidocr_version() -> str:
+    try:
+        return importlib.metadata.version("rapidocr")
+    except importlib.metadata.PackageNotFoundError:  # optional until this backend is configured
+        return "unknown"
+
+
+def _model_name(section: Any) -> str:
+    """The bundled model file's name for one RapidOCR config section (Det, Rec or Cls)."""
+    try:
+        # RapidOCR's own resolver knows the file it will load; the config alone names the classifier
+        # PP-OCRv4 although the file is ch_ppocr_mobile_v2.0.
+        from rapidocr.inference_engine.base import FileInfo, InferSession
+
+        info = FileInfo(
+            engine_type=section.engine_type,
+            ocr_version=section.ocr_version,
+            task_type=section.task_type,
+            lang_type=section.lang_type,
+            model_type=section.model_type,
+        )
+        return Path(str(InferSession.get_model_url(info)["model_dir"])).stem
+    except Exception:  # internal API: fall back to the configured names rather than fail
+        return f"{section.ocr_version.value}_{section.task_type.value}_{section.model_type.value}"
+
+
+def _to_ocr_input(image: Image.Image) -> Image.Image:
+    # RapidOCR understands 1/L/LA/RGB/RGBA arrays; palette, CMYK and 16-bit images would reach it as
+    # index or 4-channel data and be misread, so normalise them here. Alpha is kept: RapidOCR picks a
+    # contrasting background itself.
+    if image.mode in ("1", "L", "LA", "RGB", "RGBA"):
+        return image
+    if (image.mode == "P" and "transparency" in image.info) or image.mode == "PA":
+        return image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def order_lines(boxes: Sequence[Sequence[Sequence[float]]], texts: Sequence[str]) -> list[str]:
+    """Group OCR boxes into printed lines, top to bottom, and join each line's boxes left to right.
+
+    `boxes` are four-point polygons (x, y). RapidOCR's own order can interleave boxes of one line with the
+    next when a line has a wide gap (a form's "name: … date: …"), so the order is rebuilt from geometry.
+    """
+    items = []
+    for box, text in zip(boxes, texts, strict=True):
+        xs = [float(p[0]) for p in box]
+        ys = [float(p[1]) for p in box]
+        items.append((min(ys), max(ys), min(xs), text))
+    items.sort(key=lambda item: (item[0] + item[1]) / 2)
+
+    lines: list[list[tuple[float, float, float, str]]] = []
+    for item in items:
+        top, bottom = item[0], item[1]
+        if lines:
+            line = lines[-1]
+            line_top = min(i[0] for i in line)
+            line_bottom = max(i[1] for i in line)
+            overlap = min(bottom, line_bottom) - max(top, line_top)
+            smaller = min(bottom - top, line_bottom - line_top)
+            if smaller > 0 and overlap >= LINE_OVERLAP * smaller:
+                line.append(item)
+                continue
+        lines.append([item])
+    return [" ".join(i[3] for i in sorted(line, key=lambda i: i[2])) for line in lines]
+
+
+def _warmup_page() -> Image.Image:
+    # A page with a little printed text: a blank one would exercise only detection, and the recognition
+    # and direction models (loaded lazily by RapidOCR) would still cost the first real job ~1 s.
+    page = Image.new("RGB", (240, 64), "white")
+    ImageDraw.Draw(page).text((10, 16), "tuwen 2024", fill="black", font=ImageFont.load_default(size=24))
+    return page
+
+
+class OcrEngine:
+    """RapidOCR with its bundled models, built lazily once; `read()` returns text in reading order."""
+
+    def __init__(self) -> None:
+        self._engine: Any = None
+        # Lazy construction may race when the transformers backend's OCR step and this backend share an
+        # engine; the lock makes "construct once" true. Recognition itself runs on the caller's thread.
+        self._lock = threading.Lock()
+
+    def _get(self) -> Any:
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    from rapidocr import RapidOCR
+
+                    # RapidOCR logs a warning for every blank page; blank scans are normal input here.
+                    self._engine = RapidOCR(params={"Global.log_level": "error"})
+        return self._engine
+
+    @property
+    def version(self) -> str:
+        """`rapidocr X.Y.Z` plus the detection, recognition and direction model names in use."""
+        cfg = self._get().cfg
+        models = ", ".join(_model_name(section) for section in (cfg.Det, cfg.Rec, cfg.Cls))
+        return f"rapidocr {_rapidocr_version()} ({models})"
+
+    def read(self, image: Image.Image) -> str:
+        """Return the text of `image`, lines top to bottom joined by "\\n"; "" when none is found."""
+        result = self._get()(_to_ocr_input(image))
+        if result.boxes is None or not result.txts:
+            return ""
+        return "\n".join(order_lines(result.boxes.tolist(), list(result.txts)))
+
+    def close(self) -> None:
+        """Drop the ONNX sessions; the next `read()` builds them again."""
+        with self._lock:
+            self._engine = None
+
+
+class OcrBackend:
+    """The `ocr` backend: reads the text of every image in the last user turn; answers no questions."""
+
+    name = "ocr"
+    model_id = "rapidocr-ppocrv6"
+
+    def __init__(self, config: Config, engine: OcrEngine | None = None) -> None:
+        """`engine` lets callers share one already-built `OcrEngine` (its sessions take seconds to build)."""
+        self.config = config
+        self.model_version = _rapidocr_version()
+        self._engine: OcrEngine | None = engine
+
+    @property
+    def engine(self) -> OcrEngine:
+        """The OCR engine (built on first use if `load()` was not called)."""
+        if self._engine is None:
+            self._engine = OcrEngine()
+        return self._engine
+
+    def load(self) -> None:
+        """Build the engine and run it once on a tiny page so the first job does not pay the start-up."""
+        try:
+            engine = self.engine
+            version = engine.version
+            if self.config.model.warmup:
+                engine.read(_warmup_page())
+        except Exception as exc:  # missing onnxruntime, damaged wheel: nothing a retry would fix
+            logger.error("OCR engine failed to load: %s", exc)
+            raise PermanentError(msg("model_load_failed", path="rapidocr", reason=exc)) from exc
+        logger.info("OCR engine ready: %s", version)
+
+    def _read_all(self, request: Request) -> tuple[str, list[str]]:
+        """The full answer text and the bare text of each image of the last user turn."""
+        user_turns = [t for t in request.turns if t.role == "user"]
+        images = user_turns[-1].images if user_turns else ()
+        texts: list[str] = []
+        for index, image in enumerate(images, start=1):
+            try:
+                text = self.engine.read(image)
+            except Exception as exc:  # an image RapidOCR cannot process fails the same way every time
+                logger.error("job %s: OCR failed on image %d: %s", request.job_id, index, exc)
+                raise PermanentError(msg("model_failed", reason=exc)) from exc
+            logger.debug("job %s: image %d: %d characters", request.job_id, index, len(text))
+            texts.append(text)
+
+        parts = [str(msg("ocr_no_vlm"))]
+        no_text = str(msg("ocr_no_text"))
+        if len(texts) <= 1:
+            parts.append(texts[0] if texts and texts[0] else no_text)
+        else:
+            # Several pages: label each so a reader can tell which text came from where.
+            for index, text in enumerate(texts, start=1):
+                parts.append(f"{msg('page_label', n=index)}\n{text or no_text}")
+        return "\n".join(parts), texts
+
+    def answer(self, request: Request) -> Answer:
+        """Read the images of the last user turn; the question itself is not answered (see module doc)."""
+        text, texts = self._read_all(request)
+        logger.info("job %s: OCR read %d image(s)", request.job_id, len(texts))
+        return Answer(
+            text=text,
+            prompt_tokens=0,
+            completion_tokens=len(text),
+            extra={"ocr_text": "\n\n".join(t for t in texts if t), "ocr_texts": texts},
+        )
+
+    def stream(self, request: Request, on_text: OnText) -> Answer:
+        """Like `answer`, then hand the text to `on_text` one line at a time (pieces join to the text)."""
+        result = self.answer(request)
+        for line in result.text.splitlines(keepends=True):
+            on_text(line)
+        return result
+
+    def batch(self, requests: Sequence[Request]) -> list[Answer]:
+        """Answer each request in turn: ONNX Runtime already uses every core for one image."""
+        return [self.answer(r) for r in requests]
+
+    def close(self) -> None:
+        """Release the ONNX sessions."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None

@@ -1,0 +1,395 @@
+"""A remote OpenAI-compatible server (vLLM, SGLang, LMDeploy, Ollama, Zhipu) as the model.
+
+It runs on the single model-worker thread, so it uses httpx's synchronous client. Failures are sorted
+the way the job queue needs them:
+
+- connect errors, timeouts, HTTP 408/429/5xx: retried here with exponential backoff (honouring a short
+  `Retry-After`) up to `[openai] max_retries`, then `TransientError(model_remote_down)` so the queue tries
+  the job again later. vLLM, SGLang and Ollama answer 503 when their queue is full, which is exactly this.
+- any other 4xx: `PermanentError(model_remote_rejected)` with the server's own `error.message`, because
+  resending the same request cannot help (bad model name, image too large, wrong key).
+
+Reasoning models (GLM-4.6V among them) may return `<think>…</think>` inline or in a `reasoning_content`
+field; either way it goes to `Answer.reasoning`, not the answer text, when `[model] strip_thinking`.
+The API key is sent only in the Authorization header and never logged; neither are images.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import httpx
+from PIL import Image
+
+from service.backends.base import Answer, OnText, Request, Turn
+from service.errors import PermanentError, TransientError
+from service.messages import msg
+
+if TYPE_CHECKING:
+    from service.config import Config
+
+logger = logging.getLogger("tuwen.generate")
+
+T = TypeVar("T")
+RETRYABLE_STATUS = frozenset({408, 429, *range(500, 600)})
+MAX_BACKOFF_SECONDS = 30.0
+JPEG_QUALITY = 90
+
+
+class _Retryable(Exception):
+    """One failed attempt that another attempt may fix; `reason` is for the user-facing message."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class ThinkFilter:
+    """Splits `<think>…</think>` out of text fed piece by piece; `feed` returns the visible part.
+
+    Tags split across pieces are held back until recognisable; outer whitespace is dropped (trailing
+    whitespace waits for more text), so joined pieces equal the stripped answer. A `</think>` with no opening
+    tag (templates that open it in the prompt) makes all text before it reasoning if none was shown yet;
+    shown text cannot be taken back, so then only the tag goes. `strip=False` passes text through.
+    """
+
+    _OPEN, _CLOSE = "<think>", "</think>"
+
+    def __init__(self, strip: bool = True) -> None:
+        self.strip = strip
+        self._buffer = ""
+        self._in_think = False
+        self._shown = False
+        self._pending_space = ""
+        self._reasoning: list[str] = []
+
+    @property
+    def reasoning(self) -> str:
+        """The text found inside think tags so far."""
+        return "".join(self._reasoning).strip()
+
+    def feed(self, piece: str) -> str:
+        """Add `piece`; return the newly visible text (possibly "")."""
+        if not self.strip:
+            return piece
+        self._buffer += piece
+        shown: list[str] = []
+        while True:
+            start, end = self._buffer.find(self._OPEN), self._buffer.find(self._CLOSE)
+            if self._in_think and end >= 0:
+                self._reasoning.append(self._buffer[:end])
+                self._in_think, self._buffer = False, self._buffer[end + len(self._CLOSE) :]
+            elif not self._in_think and end >= 0 and not 0 <= start < end:  # a close tag, no open tag
+                before = "".join(shown) + self._buffer[:end]
+                shown = [before] if self._shown else []
+                self._reasoning.extend([] if self._shown else [before])
+                self._buffer = self._buffer[end + len(self._CLOSE) :]
+            elif not self._in_think and start >= 0:
+                shown.append(self._buffer[:start])
+                self._in_think, self._buffer = True, self._buffer[start + len(self._OPEN) :]
+            else:
+                break
+        # Hold back what may be the start of a tag split across pieces; release the rest.
+        keep = max(_partial_tag(self._buffer, self._CLOSE), _partial_tag(self._buffer, self._OPEN))
+        cut = len(self._buffer) - keep
+        (self._reasoning if self._in_think else shown).append(self._buffer[:cut])
+        self._buffer = self._buffer[cut:]
+        return self._visible("".join(shown))
+
+    def finish(self) -> str:
+        """End of text: return what was held back (an incomplete tag is just text)."""
+        if not self.strip:
+            return ""
+        rest, self._buffer = self._buffer, ""
+        if self._in_think:  # the model ran out of tokens while still thinking
+            self._reasoning.append(rest)
+            return ""
+        return self._visible(rest)  # trailing whitespace stays pending, i.e. dropped
+
+    def _visible(self, text: str) -> str:
+        if not self._shown:
+            text = text.lstrip()
+        text = self._pending_space + text
+        shown = text.rstrip()
+        self._pending_space = text[len(shown) :]
+        if shown:
+            self._shown = True
+        return shown
+
+
+def _partial_tag(text: str, tag: str) -> int:
+    """Length of the longest proper prefix of `tag` that `text` ends with."""
+    return next((k for k in range(len(tag) - 1, 0, -1) if text.endswith(tag[:k])), 0)
+
+
+def image_data_url(image: Image.Image) -> str:
+    """Encode `image` as a base64 data URL: PNG when it has transparency, JPEG (quality 90) otherwise."""
+    buffer = io.BytesIO()
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # JPEG has no alpha, and flattening it would blacken transparent areas.
+        image.save(buffer, format="PNG")
+    else:
+        rgb = image if image.mode in ("RGB", "L") else image.convert("RGB")
+        rgb.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    mime = "image/png" if buffer.getvalue().startswith(b"\x89PNG") else "image/jpeg"
+    return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+
+
+def build_messages(turns: Sequence[Turn]) -> list[dict[str, Any]]:
+    """The `messages` array: user turns with images become image parts followed by one text part."""
+    messages: list[dict[str, Any]] = []
+    for turn in turns:
+        images = turn.images if turn.role == "user" else ()
+        parts = [{"type": "image_url", "image_url": {"url": image_data_url(i)}} for i in images]
+        content = [*parts, {"type": "text", "text": turn.text}] if parts else turn.text
+        messages.append({"role": turn.role, "content": content})
+    return messages
+
+
+def server_error_message(response: httpx.Response) -> str:
+    """The server's own explanation: OpenAI's `error.message`, FastAPI's `detail`, or the body's start."""
+    try:
+        body = response.json()
+        error = body.get("error")
+        detail = error.get("message") if isinstance(error, dict) else error
+        return next(v for v in (detail, body.get("detail"), body.get("message")) if isinstance(v, str) and v)
+    except (ValueError, AttributeError, StopIteration):
+        return response.text.strip()[:200] or "(no details)"  # not an error object: show the body's start
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return float(response.headers["retry-after"])
+    except (KeyError, ValueError):
+        return None  # absent, or an HTTP date: use our own backoff
+
+
+def _reasoning_of(part: dict[str, Any]) -> str:
+    # vLLM and DeepSeek say `reasoning_content`; newer vLLM and some gateways say `reasoning`.
+    value = part.get("reasoning_content") or part.get("reasoning")
+    return value if isinstance(value, str) else ""
+
+
+class OpenAIBackend:
+    """The `openai` backend: POSTs to `{base_url}/chat/completions` of a remote server."""
+
+    name = "openai"
+
+    def __init__(self, config: Config, *, backoff_seconds: float = 1.0) -> None:
+        self.config, self.settings, self.backoff_seconds = config, config.openai, backoff_seconds
+        self.base_url = self.settings.base_url.rstrip("/")
+        self.model_id = self.model_version = self.settings.model
+        timeout = self.settings.timeout_seconds
+        key = self.settings.api_key.get_secret_value()
+        headers = {"Accept": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
+        # A refused or unroutable connection should fail in seconds, not after the full generation timeout.
+        limits = httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        self._client = httpx.Client(headers=headers, timeout=limits)
+
+    def load(self) -> None:
+        """Check that the server answers `GET /models`; learn the model version from its entry.
+
+        A server that is down is a `TransientError` (the service keeps running and retries); a server that
+        refuses our key is a `PermanentError`. A server without `/models` (some gateways) is accepted.
+        """
+        try:
+            response = self._client.get(f"{self.base_url}/models")
+            if response.status_code in RETRYABLE_STATUS or response.status_code in (401, 403):
+                self._check_status(response)
+        except (httpx.TransportError, _Retryable) as exc:
+            reason = exc.reason if isinstance(exc, _Retryable) else self._describe(exc)
+            logger.warning("model server %s unavailable: %s", self.base_url, reason)
+            raise TransientError(msg("model_remote_down", reason=reason)) from exc
+        if response.status_code != 200:
+            logger.warning("server %s has no usable /models (HTTP %d)", self.base_url, response.status_code)
+            return
+        self.model_version = self._version_from_models(response)
+        logger.info("model server %s ready: %s (%s)", self.base_url, self.model_id, self.model_version)
+
+    def _version_from_models(self, response: httpx.Response) -> str:
+        try:
+            entries = response.json().get("data") or []
+        except (ValueError, AttributeError):
+            entries = []
+        entry = next((e for e in entries if isinstance(e, dict) and e.get("id") == self.model_id), None)
+        if entry is None:
+            listed = [e.get("id") for e in entries if isinstance(e, dict)]
+            logger.warning("model %r not listed by %s (it lists %s)", self.model_id, self.base_url, listed)
+            return self.model_id
+        # `root` is the weights a vLLM/SGLang server was started from. `created` is not used: vLLM fills
+        # it with the time of the listing, so it would change on every restart.
+        root = entry.get("root")
+        return str(root) if root else str(entry["id"])
+
+    def close(self) -> None:
+        """Close the HTTP connection pool."""
+        self._client.close()
+
+    def answer(self, request: Request) -> Answer:
+        """Answer one request with a non-streaming chat completion."""
+        body = self._body(request, stream=False)
+        data = self._with_retries(request, lambda: self._post_once(body))
+        try:
+            choice = data["choices"][0]
+            message = choice.get("message") or {}
+            think = ThinkFilter(self.config.model.strip_thinking)
+            text = think.feed(message.get("content") or "") + think.finish()
+            reasoning = [_reasoning_of(message), think.reasoning]
+            return self._answer(request, text, reasoning, data.get("usage"), choice.get("finish_reason"))
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise PermanentError(msg("model_failed", reason=f"unexpected reply: {str(data)[:200]}")) from exc
+
+    def stream(self, request: Request, on_text: OnText) -> Answer:
+        """Answer one request over SSE, calling `on_text` with each visible piece of text.
+
+        Retries happen only before the first piece reaches `on_text`; a stream that breaks later raises
+        `TransientError`, because resending would repeat text the caller has already shown.
+        """
+        body = self._body(request, stream=True)
+        state = {"emitted": False}
+        return self._with_retries(
+            request, lambda: self._stream_once(request, body, on_text, state), lambda: not state["emitted"]
+        )
+
+    def batch(self, requests: Sequence[Request]) -> list[Answer]:
+        """Answer several requests concurrently (up to `[model] batch_size`); the server batches them.
+
+        Results keep the order of `requests`; the first failure (in that order) is raised after all finish.
+        """
+        if len(requests) <= 1:
+            return [self.answer(r) for r in requests]
+        workers = min(len(requests), self.config.model.batch_size)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tuwen-openai") as pool:
+            futures = [pool.submit(self.answer, r) for r in requests]
+            return [f.result() for f in futures]
+
+    def _body(self, request: Request, *, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model_id,
+            "messages": build_messages(request.turns),
+            "max_tokens": request.max_new_tokens,
+            "temperature": request.temperature,
+        }
+        # Without include_usage, servers send no token counts in a stream.
+        return body | ({"stream": True, "stream_options": {"include_usage": True}} if stream else {})
+
+    def _check_status(self, response: httpx.Response) -> None:
+        """Raise `_Retryable` or `PermanentError` for a non-200 reply (its body must be read)."""
+        if response.status_code == 200:
+            return
+        reason = f"HTTP {response.status_code}: {server_error_message(response)}"
+        if response.status_code in RETRYABLE_STATUS:
+            raise _Retryable(reason, _retry_after(response))
+        raise PermanentError(msg("model_remote_rejected", reason=reason))
+
+    def _post_once(self, body: dict[str, Any]) -> Any:
+        response = self._client.post(f"{self.base_url}/chat/completions", json=body)
+        self._check_status(response)
+        try:
+            return response.json()
+        except ValueError as exc:  # a proxy's HTML page or a server that is not OpenAI-compatible
+            reason = f"reply is not JSON: {response.text[:200]}"
+            raise PermanentError(msg("model_failed", reason=reason)) from exc
+
+    def _stream_once(
+        self, request: Request, body: dict[str, Any], on_text: OnText, state: dict[str, bool]
+    ) -> Answer:
+        think = ThinkFilter(self.config.model.strip_thinking)
+        reasoning: list[str] = []
+        pieces: list[str] = []
+        usage: Any = None
+        finish_reason = None
+
+        def show(text: str) -> None:
+            if text:
+                state["emitted"] = True
+                pieces.append(text)
+                on_text(text)
+
+        with self._client.stream("POST", f"{self.base_url}/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                response.read()
+                self._check_status(response)
+            for chunk in _sse_events(response.iter_lines()):
+                error = chunk.get("error")
+                if error:
+                    # vLLM reports failures inside an open stream as a data event with an `error` object.
+                    detail = error.get("message") if isinstance(error, dict) else error
+                    raise _Retryable(f"error in stream: {detail}")
+                usage = chunk.get("usage") or usage  # the last chunk, thanks to `include_usage`
+                for choice in chunk.get("choices") or []:
+                    delta = choice.get("delta") or {}
+                    reasoning.append(_reasoning_of(delta))
+                    show(think.feed(delta.get("content") or ""))
+                    finish_reason = choice.get("finish_reason") or finish_reason
+        show(think.finish())
+        return self._answer(
+            request, "".join(pieces), ["".join(reasoning), think.reasoning], usage, finish_reason
+        )
+
+    def _answer(
+        self, request: Request, text: str, reasoning: list[str], usage: Any, finish_reason: Any
+    ) -> Answer:
+        usage = usage if isinstance(usage, dict) else {}
+        answer = Answer(
+            text=text,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            reasoning="\n".join(r for r in reasoning if r) or None,
+            extra={"finish_reason": finish_reason},
+        )
+        logger.info(
+            "job %s: %d characters, usage %s, finish %s", request.job_id, len(text), usage, finish_reason
+        )
+        return answer
+
+    def _with_retries(
+        self, request: Request, attempt: Callable[[], T], can_retry: Callable[[], bool] | None = None
+    ) -> T:
+        """Run `attempt()`; retry transient failures with backoff; raise `TransientError` when spent."""
+        attempts = self.settings.max_retries + 1
+        for number in range(1, attempts + 1):
+            try:
+                return attempt()
+            except (_Retryable, httpx.TransportError) as exc:
+                reason = exc.reason if isinstance(exc, _Retryable) else self._describe(exc)
+                last = number == attempts or (can_retry is not None and not can_retry())
+                delay = min(self.backoff_seconds * 2 ** (number - 1), MAX_BACKOFF_SECONDS)
+                hinted = exc.retry_after if isinstance(exc, _Retryable) else None
+                if hinted is not None and 0 <= hinted <= MAX_BACKOFF_SECONDS:
+                    delay = max(delay, hinted)  # the server knows its queue better than our guess
+                then = "giving up for now" if last else f"retrying in {delay:.1f} s"
+                logger.warning(
+                    "job %s: failed (%d/%d): %s; %s", request.job_id, number, attempts, reason, then
+                )
+                if last:
+                    raise TransientError(msg("model_remote_down", reason=reason)) from exc
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _describe(self, exc: httpx.TransportError) -> str:
+        if isinstance(exc, httpx.TimeoutException):
+            return f"no reply from {self.base_url} within {self.settings.timeout_seconds:g} s"
+        return f"{type(exc).__name__} ({self.base_url}): {exc}"
+
+
+def _sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """JSON objects from an SSE stream's `data:` lines, up to `[DONE]`; comments and blanks skipped."""
+    for line in lines:
+        payload = line[len("data:") :].strip() if line.startswith("data:") else ""
+        if payload == "[DONE]":
+            return
+        try:
+            event = json.loads(payload) if payload else None
+        except ValueError:
+            event = None  # a proxy's keep-alive or garbage: skip it rather than fail the answer
+        if isinstance(event, dict):
+            yield event
