@@ -216,6 +216,9 @@ class ModelWorker:
                 works.append(self._prepare(job))
             except PermanentError as exc:
                 self._fail(job, exc.message)
+            except Exception as exc:  # a decoder bug on a hostile file must not take the worker down
+                log.exception("[job %s] unexpected error while preparing images", job.uid[:8])
+                self._fail(job, msg("unexpected", reason=f"{type(exc).__name__}: {exc}"))
         if not works:
             return
         interactive = len(works) == 1 and works[0].job.priority <= Priority.INTERACTIVE

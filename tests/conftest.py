@@ -35,8 +35,10 @@ def ocr_engine():  # type: ignore[no-untyped-def]
     """One RapidOCR engine for the whole run (its ONNX sessions take seconds to build)."""
     from service.backends.ocr_backend import OcrEngine
 
+    from tests.render import render_text_image
+
     engine = OcrEngine()
-    engine.read(__import__("PIL.Image", fromlist=["Image"]).new("RGB", (64, 32), "white"))
+    engine.read(render_text_image(["预热 warm-up"], size=(300, 80), font_size=24))  # loads all three models
     return engine
 
 
@@ -46,8 +48,7 @@ class InstrumentedBackend:
     def __init__(self, config: Config, engine: object) -> None:
         from service.backends.ocr_backend import OcrBackend
 
-        self.inner = OcrBackend(config)
-        self.inner._engine = engine  # share the session's engine
+        self.inner = OcrBackend(config, engine=engine)  # type: ignore[arg-type]
         self.name = self.inner.name
         self.model_id = self.inner.model_id
         self.model_version = self.inner.model_version

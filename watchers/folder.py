@@ -227,5 +227,5 @@ class _Handler(FileSystemEventHandler):
                 self.watcher.request_scan()
             return
         target = getattr(event, "dest_path", "") or event.src_path
-        if event.event_type in ("created", "modified", "moved", "closed"):
+        if event.event_type in ("created", "modified", "moved", "closed", "attrib"):
             self.watcher.on_event_path(Path(os.fsdecode(target)))

@@ -1,0 +1,218 @@
+"""Watched folders on real files in temp folders: stability, backlog, bad files, ignores, dedup, sidecars."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from db.models import JobStatus
+from service.app import App
+from tests.conftest import wait_until
+
+
+def _sidecar(path: Path) -> dict[str, object] | None:
+    side = path.with_name(path.name + ".json")
+    return json.loads(side.read_text(encoding="utf-8")) if side.exists() else None
+
+
+def _jobs_for(app: App, path: Path) -> list:  # type: ignore[type-arg]
+    return [j for j in app.store.list_jobs(limit=1000) if j.file_path == str(path)]
+
+
+@pytest.fixture
+def inbox(tmp_path: Path) -> Path:
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    return folder
+
+
+def test_backlog_present_at_start_is_answered_with_both_sidecars(make_config, backend_factory, inbox, scan_bytes) -> None:  # type: ignore[no-untyped-def]
+    (inbox / "sub").mkdir()
+    files = [inbox / "a.jpg", inbox / "b.png", inbox / "sub" / "c.jpg"]
+    for path in files:
+        path.write_bytes(scan_bytes(["民国三十年 合影", "Group photo 1941"]))
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+    app = App(make_config(), backend_factory=backend_factory)
+    app.start()
+    wait_until(lambda: all(_sidecar(p) for p in files))
+    app.stop()
+    for path in files:
+        data = _sidecar(path)
+        assert data is not None and data["status"] == "done"
+        assert "民国三十年" in str(data["answer"])
+        assert data["question"] == "请用20字以内描述图中场景、人物和时间特征"
+        assert data["backend"] == "ocr" and data["width"] == 600 and data["height"] == 300
+        xmp = path.with_name(path.name + ".xmp").read_text(encoding="utf-8")
+        assert "民国三十年" in xmp and "dc:description" in xmp
+        assert (path.read_bytes(), path.stat().st_mtime_ns) == before[path]  # staff files untouched
+
+
+def test_a_slowly_written_file_is_taken_once_when_complete(make_config, backend_factory, inbox, scan_bytes) -> None:  # type: ignore[no-untyped-def]
+    data = scan_bytes(["慢慢写入的扫描件"])
+    app = App(make_config(watches=[{"stable_seconds": 1.0}]), backend_factory=backend_factory)
+    app.start()
+    wait_until(lambda: app.worker.alive)
+    target = inbox / "slow.jpg"
+    with open(target, "wb") as handle:
+        for start in range(0, len(data), len(data) // 6 + 1):
+            handle.write(data[start : start + len(data) // 6 + 1])
+            handle.flush()
+            os.fsync(handle.fileno())
+            time.sleep(0.4)  # shorter than stable_seconds: never looks finished in between
+    wait_until(lambda: _sidecar(target))
+    time.sleep(1.5)
+    app.stop()
+    jobs = _jobs_for(app, target)
+    assert len(jobs) == 1 and jobs[0].status == JobStatus.DONE
+    assert jobs[0].file_size == len(data)
+    assert "慢慢写入" in (jobs[0].answer or "")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("empty.jpg", b"", "文件为空（0 字节）"),
+        ("truncated.jpg", "half", "无法解码图片：文件已损坏或不完整 / cannot decode image: file is corrupt or truncated"),
+        ("random.png", os.urandom(4096), "不是可识别的图片格式"),
+        ("notes.docx", b"PK\x03\x04 not really a document", "不是可识别的图片格式"),
+    ],
+)
+def test_bad_files_become_failed_records_and_the_service_stays_up(  # type: ignore[no-untyped-def]
+    make_config, backend_factory, inbox, scan_bytes, name, content, expected
+) -> None:
+    good_bytes = scan_bytes(["好的扫描件"])
+    bad = inbox / name
+    bad.write_bytes(good_bytes[: len(good_bytes) // 2] if content == "half" else content)
+    app = App(make_config(), backend_factory=backend_factory)
+    app.start()
+    wait_until(lambda: _sidecar(bad))
+    good = inbox / "good.jpg"
+    good.write_bytes(good_bytes)
+    wait_until(lambda: _sidecar(good))
+    app.stop()
+    failed = _sidecar(bad)
+    assert failed is not None and failed["status"] == "failed" and expected in str(failed["error"])
+    assert not bad.with_name(bad.name + ".xmp").exists()
+    assert _sidecar(good)["status"] == "done"  # type: ignore[index]
+    assert bad.exists()  # never moved or deleted
+
+
+def test_litter_and_our_own_files_are_ignored(make_config, backend_factory, inbox, scan_bytes) -> None:  # type: ignore[no-untyped-def]
+    data = scan_bytes()
+    litter = [
+        inbox / ".DS_Store", inbox / "._scan.jpg", inbox / "Thumbs.db", inbox / "desktop.ini",
+        inbox / "scan.jpg.part", inbox / "scan.jpg.crdownload", inbox / "~$report.jpg",
+        inbox / "@eaDir" / "scan.jpg", inbox / "__MACOSX" / "scan.jpg", inbox / "old.jpg.xmp",
+    ]
+    for path in litter:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+    real = inbox / "real.jpg"
+    real.write_bytes(data)
+    app = App(make_config(watches=[{"ignore": ["*.raw"]}]), backend_factory=backend_factory)
+    (inbox / "camera.raw").write_bytes(data)
+    app.start()
+    wait_until(lambda: _sidecar(real))
+    time.sleep(1.0)
+    app.stop()
+    jobs = app.store.list_jobs(limit=100)
+    assert [Path(j.file_path).name for j in jobs] == ["real.jpg"]  # type: ignore[arg-type]
+    # Writing our own sidecars did not create jobs either.
+    assert app.store.status_counts() == {"done": 1}
+
+
+def test_renamed_or_touched_scan_is_not_answered_again(make_config, backend_factory, inbox, scan_bytes) -> None:  # type: ignore[no-untyped-def]
+    original = inbox / "photo.jpg"
+    original.write_bytes(scan_bytes(["同一张照片"]))
+    app = App(make_config(), backend_factory=backend_factory)
+    app.start()
+    wait_until(lambda: _sidecar(original))
+    renamed = inbox / "photo-renamed.jpg"
+    original.rename(renamed)
+    wait_until(lambda: _sidecar(renamed))
+    os.utime(renamed, (time.time() + 5, time.time() + 5))
+    wait_until(lambda: len(_jobs_for(app, renamed)) == 2 and all(j.status == "done" for j in _jobs_for(app, renamed)))
+    app.stop()
+    backend = backend_factory.backends[0]
+    assert backend.requests_answered == 1
+    assert _sidecar(renamed)["answer"] == _sidecar(original)["answer"]  # type: ignore[index]
+
+
+def test_a_changed_prompt_answers_again(make_config, backend_factory, inbox, scan_bytes) -> None:  # type: ignore[no-untyped-def]
+    scan = inbox / "letter.jpg"
+    scan.write_bytes(scan_bytes(["家书一封"]))
+    first = App(make_config(), backend_factory=backend_factory)
+    first.start()
+    wait_until(lambda: _sidecar(scan))
+    first.stop()
+    second = App(make_config(watches=[{"prompt": "这封信是谁写的？"}]), backend_factory=backend_factory)
+    second.start()
+    os.utime(scan, (time.time() + 5, time.time() + 5))  # dropped again
+    wait_until(lambda: _sidecar(scan)["question"] == "这封信是谁写的？")  # type: ignore[index]
+    second.stop()
+    assert backend_factory.backends[1].requests_answered == 1
+
+
+def test_output_dir_mirrors_the_tree_for_read_only_shares(make_config, backend_factory, inbox, tmp_path, scan_bytes) -> None:  # type: ignore[no-untyped-def]
+    (inbox / "1950s").mkdir()
+    scan = inbox / "1950s" / "street.jpg"
+    scan.write_bytes(scan_bytes(["南京路 1956"]))
+    mirror = tmp_path / "sidecars"
+    app = App(make_config(watches=[{"output_dir": mirror, "catalogue": True}]), backend_factory=backend_factory)
+    app.start()
+    wait_until(lambda: (mirror / "1950s" / "street.jpg.json").exists())
+    app.stop()
+    assert sorted(p.name for p in (inbox / "1950s").iterdir()) == ["street.jpg"]
+    assert (mirror / "1950s" / "street.jpg.xmp").exists()
+    catalogue = (mirror / "tuwen-catalogue.csv").read_bytes()
+    assert catalogue.startswith(b"\xef\xbb\xbf") and "南京路".encode() in catalogue
+
+
+def test_polling_mode_for_network_shares(make_config, backend_factory, inbox, scan_bytes) -> None:  # type: ignore[no-untyped-def]
+    config = make_config(watches=[{"polling": True, "poll_interval_seconds": 0.3}])
+    app = App(config, backend_factory=backend_factory)
+    app.start()
+    wait_until(lambda: app.worker.alive)
+    time.sleep(0.5)
+    scan = inbox / "from-nas.jpg"
+    scan.write_bytes(scan_bytes(["共享文件夹"]))
+    wait_until(lambda: _sidecar(scan))
+    app.stop()
+    assert type(app.sources[0]._observer).__name__ == "PollingObserver"  # type: ignore[attr-defined]
+
+
+def test_missing_sidecar_of_a_done_job_is_rewritten_at_start(make_config, backend_factory, inbox, scan_bytes) -> None:  # type: ignore[no-untyped-def]
+    scan = inbox / "deed.jpg"
+    scan.write_bytes(scan_bytes(["地契"]))
+    config = make_config()
+    first = App(config, backend_factory=backend_factory)
+    first.start()
+    wait_until(lambda: _sidecar(scan))
+    first.stop()
+    answer = _sidecar(scan)["answer"]  # type: ignore[index]
+    scan.with_name("deed.jpg.json").unlink()
+    scan.with_name("deed.jpg.xmp").unlink()
+    second = App(config, backend_factory=backend_factory)
+    second.start()
+    wait_until(lambda: _sidecar(scan))
+    second.stop()
+    assert _sidecar(scan)["answer"] == answer  # type: ignore[index]
+    assert scan.with_name("deed.jpg.xmp").exists()
+    assert backend_factory.backends[1].requests_answered == 0
+    assert second.store.status_counts() == {"done": 1}
+
+
+def test_a_watch_folder_that_appears_later_is_picked_up(make_config, backend_factory, tmp_path, scan_bytes) -> None:  # type: ignore[no-untyped-def]
+    later = tmp_path / "mounted-later"
+    app = App(make_config(watches=[{"path": later, "rescan_seconds": 0.5}]), backend_factory=backend_factory)
+    app.start()
+    time.sleep(0.5)
+    later.mkdir()
+    scan = later / "x.jpg"
+    scan.write_bytes(scan_bytes())
+    wait_until(lambda: _sidecar(scan), timeout=40)
+    app.stop()
