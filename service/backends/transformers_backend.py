@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from service.backends.base import Answer, OnText, Request
+from service.backends.base import Answer, OnText, Request, single_image_request
 from service.config import Config
 from service.errors import OutOfMemoryError, PermanentError, TuwenError
 from service.messages import msg
@@ -37,7 +37,6 @@ gen_log = logging.getLogger("tuwen.generate")
 vision_log = logging.getLogger("tuwen.vision")
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-WARMUP_SIZE = (64, 64)
 # bitsandbytes must leave the vision tower (its patch embedding is a Conv3d, and it is small) and the output
 # head in full precision; quantizing them costs accuracy for little memory.
 QUANT_SKIP_MODULES = ["model.visual", "lm_head"]
@@ -46,8 +45,8 @@ QUANT_SKIP_MODULES = ["model.visual", "lm_head"]
 def split_thinking(text: str) -> tuple[str, str | None]:
     """Split generated text into (answer, reasoning).
 
-    Reasoning counts only when the text opens with `<think>` (GLM's thinking mode); a block that was cut off by
-    max_new_tokens before `</think>` leaves an empty answer rather than leaking half a thought to the user.
+    Reasoning counts only when the text opens with `<think>` (GLM's thinking mode); a block cut off by
+    max_new_tokens before `</think>` leaves an empty answer rather than leak half a thought to the user.
     """
     head = text.lstrip()
     if not head.startswith(THINK_OPEN):
@@ -60,7 +59,7 @@ class VisibleText:
     """Turns streamed pieces into the visible answer, so that the pieces sent add up to `Answer.text`.
 
     Text that might still turn out to be reasoning (a leading `<th...`) and trailing whitespace (the final
-    answer is stripped) are held back until the next piece decides.
+    answer is stripped) are held back until a later piece decides.
     """
 
     def __init__(self, strip_thinking: bool) -> None:
@@ -73,10 +72,8 @@ class VisibleText:
         self.raw += piece
         head = self.raw.lstrip()
         if self.strip_thinking and (THINK_OPEN.startswith(head) or head.startswith(THINK_OPEN)):
-            visible = split_thinking(self.raw)[0] if THINK_CLOSE in head else ""
-        else:
-            visible = self.raw.strip()
-        return self._take(visible)
+            return self._take(split_thinking(self.raw)[0] if THINK_CLOSE in head else "")
+        return self._take(self.raw.strip())
 
     def finish(self) -> str:
         """Return whatever is still held back once generation has ended."""
@@ -88,60 +85,31 @@ class VisibleText:
         return split_thinking(self.raw)[0] if self.strip_thinking else self.raw.strip()
 
     def _take(self, visible: str) -> str:
-        new = visible[self.sent :]
-        self.sent = max(self.sent, len(visible))
+        new, self.sent = visible[self.sent :], len(visible)
         return new
 
 
 def model_version_of(path: str, commit_hash: str | None = None) -> str:
     """A short stable id for the weights at `path`.
 
-    A hub-cache snapshot (or a hub id with a known commit) gives its commit; any other local folder gives
-    12 hex digits of a hash over config.json and the weight files' names and sizes (hashing gigabytes of
-    weights at every start would cost minutes).
+    A hub-cache snapshot gives its commit (a hub id gives `commit_hash`, known once loaded); any other local
+    folder gives 12 hex digits of a hash over config.json and the weight files' names and sizes (hashing
+    gigabytes of weights at every start would cost minutes).
     """
     folder = Path(path).expanduser()
-    if folder.is_dir():
-        if folder.parent.name == "snapshots" and re.fullmatch(r"[0-9a-f]{40}", folder.name):
-            return folder.name[:12]
-        digest = hashlib.sha256()
-        config = folder / "config.json"
-        if config.is_file():
-            digest.update(config.read_bytes())
-        for weights in sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")]):
-            digest.update(f"{weights.name}:{weights.stat().st_size}\n".encode())
-        return digest.hexdigest()[:12]
-    if commit_hash is None:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(path, "config.json")
-            if isinstance(cached, str):
-                commit_hash = Path(cached).parent.name
-        except Exception:  # an invalid repo id or an unreadable cache just means "not known yet"
-            commit_hash = None
-    return commit_hash[:12] if commit_hash else "unresolved"
+    if not folder.is_dir():
+        return commit_hash[:12] if commit_hash else "unresolved"
+    if folder.parent.name == "snapshots" and re.fullmatch(r"[0-9a-f]{40}", folder.name):
+        return folder.name[:12]
+    digest = hashlib.sha256(config.read_bytes() if (config := folder / "config.json").is_file() else b"")
+    for weights in sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")]):
+        digest.update(f"{weights.name}:{weights.stat().st_size}\n".encode())
+    return digest.hexdigest()[:12]
 
 
-def _looks_local(path: str) -> bool:
-    # A hub id is "owner/name"; anything absolute, home- or dot-relative, or with more parts is a folder.
-    return (
-        path.startswith(("/", "~", ".", "\\"))
-        or re.match(r"^[A-Za-z]:", path) is not None
-        or (path.count("/") > 1)
-    )
-
-
-def _as_rgb(image: Image.Image) -> Image.Image:
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # Transparent areas usually hold black pixels; flatten onto white as a viewer would show them.
-        rgba = image.convert("RGBA")
-        flat = Image.new("RGB", rgba.size, (255, 255, 255))
-        flat.paste(rgba, mask=rgba.getchannel("A"))
-        return flat
-    return image.convert("RGB")
+def _summary(exc: BaseException) -> str:
+    """An exception as one short line (transformers' messages span several)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
 
 
 def _image_only_processor(path: str, local: bool) -> Any:
@@ -157,9 +125,7 @@ def _image_only_processor(path: str, local: bool) -> Any:
 
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
     declared, _ = Glm4vImageProcessorPil.get_image_processor_dict(path, local_files_only=local)
-    pil_class = getattr(
-        transformers, f"{declared.get('image_processor_type', '')}Pil", Glm4vImageProcessorPil
-    )
+    pil_class = getattr(transformers, f"{declared.get('image_processor_type')}Pil", Glm4vImageProcessorPil)
     image_processor = pil_class.from_pretrained(path, local_files_only=local)
     return ImageOnlyGlm4vProcessor(image_processor, tokenizer, chat_template=tokenizer.chat_template)
 
@@ -171,9 +137,7 @@ def _until(event: threading.Event) -> Any:
 
     class UntilEvent(StoppingCriteria):
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-            return torch.full(
-                (input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device
-            )
+            return torch.full((len(input_ids),), event.is_set(), dtype=torch.bool, device=input_ids.device)
 
     return StoppingCriteriaList([UntilEvent()])
 
@@ -193,8 +157,6 @@ class TransformersBackend:
         self._processor: Any = None
         self._stop_ids: set[int] = set()
 
-    # ----- loading -------------------------------------------------------------------------------------
-
     def _load_failed(self, reason: object) -> PermanentError:
         return PermanentError(msg("model_load_failed", path=self.model_id, reason=reason))
 
@@ -205,14 +167,13 @@ class TransformersBackend:
         started = time.monotonic()
         path = self.model_id
         local = Path(path).expanduser().is_dir()
-        if not local and _looks_local(path):
+        # A hub id is "owner/name"; anything absolute, home- or dot-relative or deeper must be a folder.
+        if not local and (path.startswith(("/", "~", ".")) or path.count("/") > 1 or "\\" in path):
             raise self._load_failed("folder not found")
-        if local:
-            path = str(Path(path).expanduser())
+        path = str(Path(path).expanduser()) if local else path
         self.device, dtype = self._device_and_dtype()
         kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": local}
-        quantization = self._quantization_config(dtype)
-        if quantization is not None:
+        if (quantization := self._quantization_config(dtype)) is not None:
             kwargs["quantization_config"] = quantization
         if self.device == "cuda":
             kwargs["device_map"] = "cuda"
@@ -226,38 +187,25 @@ class TransformersBackend:
             raise self._load_failed('out of GPU memory while loading; try quantization = "4bit"') from exc
         except Exception as exc:
             self.close()
-            raise self._load_failed(
-                f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
-            ) from exc
-        self._processor.tokenizer.padding_side = "left"  # generation continues at the right edge
+            raise self._load_failed(_summary(exc)) from exc
+        tokenizer = self._processor.tokenizer
+        tokenizer.padding_side = "left"  # generation continues at the right edge of every row
         eos = self._model.generation_config.eos_token_id
-        self._stop_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if self._processor.tokenizer.pad_token_id is not None:
-            self._stop_ids.add(self._processor.tokenizer.pad_token_id)
+        self._stop_ids = {*(eos if isinstance(eos, list) else [eos]), tokenizer.pad_token_id} - {None}
         self.model_version = model_version_of(path, getattr(self._model.config, "_commit_hash", None))
-        log.info(
-            "loaded %s (version %s) on %s as %s%s in %.1f s",
-            self.model_id,
-            self.model_version,
-            self.device,
-            str(dtype).removeprefix("torch."),
-            f", {self.settings.quantization}" if quantization is not None else "",
-            time.monotonic() - started,
-        )
+        log.info("loaded %s (version %s) on %s, %s, quantization %s, in %.1f s", self.model_id,
+                 self.model_version, self.device, dtype, self.settings.quantization,
+                 time.monotonic() - started)
         if self.settings.warmup:
             self._warm_up()
 
     def _device_and_dtype(self) -> tuple[str, torch.dtype]:
         import torch
 
-        has_cuda = torch.cuda.is_available()
-        if self.settings.device == "cuda" and not has_cuda:
+        wanted, has_cuda = self.settings.device, torch.cuda.is_available()
+        if wanted == "cuda" and not has_cuda:
             raise self._load_failed('device = "cuda" but torch sees no CUDA GPU')
-        device = (
-            "cuda"
-            if self.settings.device == "cuda" or (self.settings.device == "auto" and has_cuda)
-            else "cpu"
-        )
+        device = "cuda" if wanted == "cuda" or (wanted == "auto" and has_cuda) else "cpu"
         if self.settings.dtype == "auto":
             # bf16 halves memory on GPUs; CPUs run float32 much faster than emulated bf16.
             return device, torch.bfloat16 if device == "cuda" else torch.float32
@@ -268,27 +216,19 @@ class TransformersBackend:
         if quantization == "none":
             return None
         if self.device != "cuda":
-            raise self._load_failed(
-                f'quantization = "{quantization}" needs a CUDA GPU (bitsandbytes); '
-                'set quantization = "none" to run on the CPU'
-            )
+            raise self._load_failed(f'quantization = "{quantization}" needs a CUDA GPU (bitsandbytes); '
+                                    'set quantization = "none" to run on the CPU')
         try:
             import bitsandbytes  # noqa: F401
         except ImportError as exc:
-            raise self._load_failed(
-                f"quantization = \"{quantization}\" needs bitsandbytes: pip install 'tuwen[quant]'"
-            ) from exc
+            raise self._load_failed(f"quantization = \"{quantization}\" needs bitsandbytes: "
+                                    "pip install 'tuwen[quant]'") from exc
         from transformers import BitsAndBytesConfig
 
-        if quantization == "4bit":
-            return BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_compute_dtype=dtype,
-                bnb_4bit_use_double_quant=True,
-                llm_int8_skip_modules=QUANT_SKIP_MODULES,
-            )
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=QUANT_SKIP_MODULES)
+        if quantization == "8bit":
+            return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=QUANT_SKIP_MODULES)
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+                                  bnb_4bit_use_double_quant=True, llm_int8_skip_modules=QUANT_SKIP_MODULES)
 
     def _load_processor(self, path: str, local: bool) -> Any:
         try:
@@ -299,25 +239,18 @@ class TransformersBackend:
             self.image_only_processor = False
             return processor
         except Exception as exc:
-            vision_log.info(
-                "AutoProcessor unavailable (%s); using the image-only GLM-4V processor",
-                str(exc).strip().splitlines()[0][:200] or type(exc).__name__,
-            )
+            vision_log.info("AutoProcessor unavailable (%s); using the image-only processor", _summary(exc))
         self.image_only_processor = True
         return _image_only_processor(path, local)
 
     def _warm_up(self) -> None:
-        from service.backends.base import single_image_request
-
         started = time.monotonic()
-        request = single_image_request(Image.new("RGB", WARMUP_SIZE, "white"), "hi", max_new_tokens=2)
+        blank = Image.new("RGB", (64, 64), "white")
         try:
-            self._run([request])
+            self._run([single_image_request(blank, "hi", max_new_tokens=2, job_id="warm-up")])
         except TuwenError as exc:
             raise self._load_failed(f"warm-up failed: {exc.message.en}") from exc
         log.info("warm-up generate took %.2f s", time.monotonic() - started)
-
-    # ----- generation ----------------------------------------------------------------------------------
 
     def answer(self, request: Request) -> Answer:
         """Answer one request."""
@@ -327,7 +260,8 @@ class TransformersBackend:
         """Answer one request, calling `on_text` with each new piece of visible text."""
         from transformers import TextIteratorStreamer
 
-        streamer = TextIteratorStreamer(self._tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self._check_loaded()
+        streamer = TextIteratorStreamer(self._processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         visible = VisibleText(self.settings.strip_thinking)
         cancel = threading.Event()
         outcome: dict[str, Any] = {}
@@ -343,8 +277,7 @@ class TransformersBackend:
         worker.start()
         try:
             for piece in streamer:
-                shown = visible.feed(piece)
-                if shown:
+                if shown := visible.feed(piece):
                     on_text(shown)
         except BaseException:
             cancel.set()  # the reader has gone (a closed connection): stop spending GPU time on it
@@ -353,15 +286,14 @@ class TransformersBackend:
         worker.join()
         if "error" in outcome:
             raise outcome["error"]
-        tail = visible.finish()
-        if tail:
+        if tail := visible.finish():
             on_text(tail)
         answer: Answer = outcome["answers"][0]
         return answer
 
     def batch(self, requests: Sequence[Request]) -> list[Answer]:
         """Answer several requests with left-padded batches; same order and results as single runs."""
-        answers: list[Answer | None] = [None] * len(requests)
+        answers: dict[int, Answer] = {}
         # Sampling settings are per generate() call, so only requests with equal temperature share one.
         groups: dict[float, list[int]] = {}
         for index, request in enumerate(requests):
@@ -369,13 +301,11 @@ class TransformersBackend:
         size = self.settings.batch_size
         try:
             for indices in groups.values():
-                for start in range(0, len(indices), size):
-                    chunk = indices[start : start + size]
-                    for index, answer in zip(chunk, self._run([requests[i] for i in chunk]), strict=True):
-                        answers[index] = answer
+                for chunk in (indices[start : start + size] for start in range(0, len(indices), size)):
+                    answers.update(zip(chunk, self._run([requests[i] for i in chunk]), strict=True))
         finally:
             self._release_cuda_cache()
-        return [a for a in answers if a is not None]
+        return [answers[i] for i in range(len(requests))]
 
     def close(self) -> None:
         """Free the model and processor (and the CUDA cache when on a GPU)."""
@@ -384,11 +314,9 @@ class TransformersBackend:
         gc.collect()
         self._release_cuda_cache()
 
-    @property
-    def _tokenizer(self) -> Any:
-        if self._processor is None:
+    def _check_loaded(self) -> None:
+        if self._model is None or self._processor is None:
             raise PermanentError(msg("model_failed", reason="model is not loaded"))
-        return self._processor.tokenizer
 
     def _release_cuda_cache(self) -> None:
         if self.device == "cuda":
@@ -402,9 +330,8 @@ class TransformersBackend:
         messages = []
         for turn in request.turns:
             images = turn.images if turn.role == "user" else ()
-            content: list[dict[str, Any]] = [{"type": "image", "image": _as_rgb(img)} for img in images]
-            content.append({"type": "text", "text": turn.text})
-            messages.append({"role": turn.role, "content": content})
+            content: list[dict[str, Any]] = [{"type": "image", "image": image} for image in images]
+            messages.append({"role": turn.role, "content": [*content, {"type": "text", "text": turn.text}]})
         return messages
 
     def _prepare(self, requests: Sequence[Request]) -> Any:
@@ -416,38 +343,31 @@ class TransformersBackend:
                 add_generation_prompt=True,
                 tokenize=True,
                 return_dict=True,
-                return_tensors="pt",
-                processor_kwargs={"padding": True},
+                # Lists, made tensors below: Glm4vProcessor feeds tensors to np.array (a numpy deprecation).
+                return_tensors=None,
+                # Converting composites RGBA/LA/P transparency onto white, as a viewer shows it.
+                processor_kwargs={"padding": True, "do_convert_rgb": True},
                 # Chat users must not be able to type `<|image|>` or role tokens into the prompt.
                 sanitize_control_tokens=True,
             )
         except Exception as exc:
-            raise PermanentError(msg("model_failed", reason=f"preparing the prompt: {exc}")) from exc
-        grids = inputs["image_grid_thw"].tolist() if "image_grid_thw" in inputs else []
+            reason = f"preparing the prompt: {_summary(exc)}"
+            raise PermanentError(msg("model_failed", reason=reason)) from exc
+        inputs = inputs.convert_to_tensors("pt")
+        seconds = time.monotonic() - started
         merge = self._processor.image_processor.merge_size**2
+        grids = iter(inputs["image_grid_thw"].tolist() if "image_grid_thw" in inputs else [])
         for request in requests:
-            for turn in request.turns:
-                for image in turn.images if turn.role == "user" else ():
-                    t, h, w = grids.pop(0)
-                    vision_log.debug(
-                        "job %s: image %dx%d %s -> %dx%d patches, %d visual tokens",
-                        request.job_id,
-                        image.width,
-                        image.height,
-                        image.mode,
-                        w,
-                        h,
-                        t * h * w // merge,
-                    )
-        vision_log.debug(
-            "jobs %s: prompt prepared in %.3f s", [r.job_id for r in requests], time.monotonic() - started
-        )
+            for image in (image for turn in request.turns if turn.role == "user" for image in turn.images):
+                t, h, w = next(grids)
+                vision_log.debug("job %s: %dx%d %s image -> %d visual tokens (prompt built in %.3f s)",
+                                 request.job_id, image.width, image.height, image.mode,
+                                 t * h * w // merge, seconds)
         return inputs
 
     def _generate_kwargs(self, requests: Sequence[Request]) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"max_new_tokens": max(self._max_new_tokens(r) for r in requests)}
-        temperature = requests[0].temperature
-        if temperature > 0:
+        if (temperature := requests[0].temperature) > 0:
             kwargs.update(do_sample=True, temperature=temperature)
         else:
             # The checkpoint's generation_config samples by default; greedy must be asked for explicitly.
@@ -461,8 +381,7 @@ class TransformersBackend:
         """Generate for `requests` as one padded batch; maps failures onto the service's error kinds."""
         import torch
 
-        if self._model is None:
-            raise PermanentError(msg("model_failed", reason="model is not loaded"))
+        self._check_loaded()
         job_ids = [r.job_id for r in requests]
         inputs = self._prepare(requests).to(self._model.device)
         prompt_width = inputs["input_ids"].shape[1]
@@ -477,7 +396,7 @@ class TransformersBackend:
             raise OutOfMemoryError(msg("model_oom")) from exc
         except Exception as exc:
             gen_log.exception("jobs %s: generation failed", job_ids)
-            raise PermanentError(msg("model_failed", reason=f"{type(exc).__name__}: {exc}")) from exc
+            raise PermanentError(msg("model_failed", reason=_summary(exc))) from exc
         seconds = time.monotonic() - started
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         visual_tokens = (inputs["input_ids"] == self._model.config.image_token_id).sum(dim=1).tolist()
@@ -486,25 +405,9 @@ class TransformersBackend:
             new_ids = row[prompt_width:][: self._max_new_tokens(request)].tolist()
             # Stop at the first end-of-turn token; later ones are padding from rows that finished earlier.
             cut = next((i for i, token in enumerate(new_ids) if token in self._stop_ids), len(new_ids))
-            visible = VisibleText(self.settings.strip_thinking)
-            visible.feed(self._tokenizer.decode(new_ids[:cut], skip_special_tokens=True))
-            reasoning = split_thinking(visible.raw)[1] if self.settings.strip_thinking else None
-            answers.append(
-                Answer(
-                    text=visible.text,
-                    prompt_tokens=int(prompt),
-                    completion_tokens=cut,
-                    reasoning=reasoning,
-                    extra={"visual_tokens": int(visual)},
-                )
-            )
-            gen_log.info(
-                "job %s: %d prompt tokens (%d visual), %d new tokens in %.2f s%s",
-                request.job_id,
-                prompt,
-                visual,
-                cut,
-                seconds,
-                f" (batch of {len(requests)})" if len(requests) > 1 else "",
-            )
+            raw = self._processor.tokenizer.decode(new_ids[:cut], skip_special_tokens=True)
+            text, reasoning = split_thinking(raw) if self.settings.strip_thinking else (raw.strip(), None)
+            answers.append(Answer(text, int(prompt), cut, reasoning, {"visual_tokens": int(visual)}))
+            gen_log.info("job %s: %d prompt tokens (%d visual), %d new tokens in %.2f s (batch of %d)",
+                         request.job_id, prompt, visual, cut, seconds, len(requests))
         return answers
