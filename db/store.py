@@ -282,9 +282,7 @@ class Store:
     def next_due_time(self) -> datetime | None:
         """When the earliest deferred retry becomes due (so the worker can sleep until then)."""
         with self._read() as session:
-            return session.scalar(
-                select(func.min(Job.next_attempt_at)).where(Job.status == JobStatus.QUEUED)
-            )
+            return session.scalar(select(func.min(Job.next_attempt_at)).where(Job.status == JobStatus.QUEUED))
 
     def integrity_check(self) -> str:
         """SQLite's own integrity check ('ok' when healthy)."""

@@ -98,7 +98,9 @@ class App:
                     lifespan="off",
                 )
             )
-            server_task = asyncio.create_task(_serve_http(server, self.config.http.host, self.config.http.port))
+            server_task = asyncio.create_task(
+                _serve_http(server, self.config.http.host, self.config.http.port)
+            )
             log.info("HTTP on http://%s:%d (GET /health)", self.config.http.host, self.config.http.port)
         await stop_event.wait()
         log.info("stopping: no new events are taken")

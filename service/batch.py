@@ -71,8 +71,14 @@ def run_batch(
             uids.append(previous.uid)
             continue
         event = Event(
-            source="batch", source_ref=str(folder), question=prompt, images=(str(path),),
-            priority=Priority.CLI, sha256=sha256_file(path), file_size=st.st_size, file_mtime=st.st_mtime,
+            source="batch",
+            source_ref=str(folder),
+            question=prompt,
+            images=(str(path),),
+            priority=Priority.CLI,
+            sha256=sha256_file(path),
+            file_size=st.st_size,
+            file_mtime=st.st_mtime,
         )
         uids.append(app.queue.submit(event, dedup=True).uid)
 
@@ -108,8 +114,10 @@ def run_batch(
                 print(str(app.worker.error), file=sys.stderr)
                 break
     except KeyboardInterrupt:
-        print("\n已中断；再次运行同一命令即可继续 / interrupted; run the same command again to resume",
-              file=sys.stderr)
+        print(
+            "\n已中断；再次运行同一命令即可继续 / interrupted; run the same command again to resume",
+            file=sys.stderr,
+        )
     finally:
         progress.close()
         app.stop()
@@ -131,6 +139,13 @@ def write_results_csv(path: Path, jobs: Iterable[Job]) -> None:
         for job in jobs:
             when = (job.finished_at or job.created_at).isoformat(timespec="seconds")
             writer.writerow(
-                [job.file_path, job.status, when, job.question, job.answer or "", job.ocr_text or "",
-                 job.error or ""]
+                [
+                    job.file_path,
+                    job.status,
+                    when,
+                    job.question,
+                    job.answer or "",
+                    job.ocr_text or "",
+                    job.error or "",
+                ]
             )

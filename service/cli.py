@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", help="config file (default: $TUWEN_CONFIG, then ./config.toml)")
-    parser = argparse.ArgumentParser(prog="tuwen", description="图问 tuwen — ask a vision-language model about images")
+    parser = argparse.ArgumentParser(
+        prog="tuwen", description="图问 tuwen — ask a vision-language model about images"
+    )
     parser.add_argument("--version", action="version", version=f"tuwen {__version__}")
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", parents=[common], help="run the resident service")
@@ -116,8 +118,13 @@ def _ask(config: Config, args: argparse.Namespace) -> int:
     app = _one_shot_app(config)
     job = app.queue.submit(
         Event(
-            source="cli", question=question, images=(str(image),), priority=Priority.CLI,
-            sha256=sha256_file(image), file_size=st.st_size, file_mtime=st.st_mtime,
+            source="cli",
+            question=question,
+            images=(str(image),),
+            priority=Priority.CLI,
+            sha256=sha256_file(image),
+            file_size=st.st_size,
+            file_mtime=st.st_mtime,
         )
     )
     app.worker.answer_only({job.uid})
@@ -142,8 +149,13 @@ def _batch(config: Config, args: argparse.Namespace) -> int:
     prompt = args.prompt or (config.watch[0].prompt if config.watch else "请描述这张图片")
     app = _one_shot_app(config)
     return run_batch(
-        app, folder, prompt, recursive=not args.no_recursive, ignores=DEFAULT_IGNORE,
-        csv_out=Path(args.csv_out) if args.csv_out else None, sidecars=args.sidecars,
+        app,
+        folder,
+        prompt,
+        recursive=not args.no_recursive,
+        ignores=DEFAULT_IGNORE,
+        csv_out=Path(args.csv_out) if args.csv_out else None,
+        sidecars=args.sidecars,
     )
 
 
@@ -154,7 +166,9 @@ def _jobs(config: Config, args: argparse.Namespace) -> int:
     store.migrate()
     if args.retry or args.retry_failed:
         count = store.retry_failed(args.retry if args.retry else None)
-        print(f"已重新排队 {count} 个失败任务 / re-queued {count} failed job(s); `tuwen serve` will answer them")
+        print(
+            f"已重新排队 {count} 个失败任务 / re-queued {count} failed job(s); `tuwen serve` will answer them"
+        )
         return 0
     jobs = store.list_jobs(args.status, args.limit)
     if args.json:
@@ -165,16 +179,44 @@ def _jobs(config: Config, args: argparse.Namespace) -> int:
     for job in jobs:
         subject = job.file_path or job.question
         outcome = (job.answer if job.status == "done" else job.error) or ""
-        writer.writerow([job.id, job.status, job.source, job.created_at.isoformat(timespec="seconds"),
-                         subject, outcome.replace("\n", " ")[:120]])
+        writer.writerow(
+            [
+                job.id,
+                job.status,
+                job.source,
+                job.created_at.isoformat(timespec="seconds"),
+                subject,
+                outcome.replace("\n", " ")[:120],
+            ]
+        )
     return 0
 
 
 def _job_dict(job: Any) -> dict[str, Any]:
     fields = [
-        "id", "uid", "status", "source", "source_ref", "file_path", "question", "answer", "ocr_text",
-        "error", "error_code", "backend", "model", "model_version", "sha256", "width", "height", "pages",
-        "prompt_tokens", "completion_tokens", "latency_ms", "attempts", "duplicate_of",
+        "id",
+        "uid",
+        "status",
+        "source",
+        "source_ref",
+        "file_path",
+        "question",
+        "answer",
+        "ocr_text",
+        "error",
+        "error_code",
+        "backend",
+        "model",
+        "model_version",
+        "sha256",
+        "width",
+        "height",
+        "pages",
+        "prompt_tokens",
+        "completion_tokens",
+        "latency_ms",
+        "attempts",
+        "duplicate_of",
     ]
     data = {name: getattr(job, name) for name in fields}
     data["created_at"] = job.created_at.isoformat()

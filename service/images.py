@@ -135,7 +135,12 @@ def _decode_open_image(image: Image.Image, limits: ImagesConfig, job_id: str) ->
     assert orig_size is not None
     log.debug(
         "[job %s] decoded %s %dx%d, %d page(s) -> %s",
-        job_id, fmt, orig_size[0], orig_size[1], len(pages), pages[0].size,
+        job_id,
+        fmt,
+        orig_size[0],
+        orig_size[1],
+        len(pages),
+        pages[0].size,
     )
     return DecodedImage(pages=pages, width=orig_size[0], height=orig_size[1], format=fmt)
 

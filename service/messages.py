@@ -17,7 +17,7 @@ class Message:
     zh: str
     en: str
 
-    def format(self, **kwargs: object) -> "Message":
+    def format(self, **kwargs: object) -> Message:
         """Fill `{placeholders}` in both languages."""
         return Message(self.code, self.zh.format(**kwargs), self.en.format(**kwargs))
 
@@ -27,7 +27,10 @@ class Message:
 
 _CATALOGUE: dict[str, tuple[str, str]] = {
     # Image input
-    "image_empty": ("文件为空（0 字节）：请重新扫描或复制该文件", "file is empty (0 bytes): rescan or copy it again"),
+    "image_empty": (
+        "文件为空（0 字节）：请重新扫描或复制该文件",
+        "file is empty (0 bytes): rescan or copy it again",
+    ),
     "image_corrupt": (
         "无法解码图片：文件已损坏或不完整",
         "cannot decode image: file is corrupt or truncated",

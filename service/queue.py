@@ -74,7 +74,9 @@ class JobQueue:
             extra=dict(event.extra),
             dedup=1 if dedup else 0,
         )
-        log.info("[job %s] queued from %s %s (priority %d)", job.uid[:8], job.source, job.source_ref, job.priority)
+        log.info(
+            "[job %s] queued from %s %s (priority %d)", job.uid[:8], job.source, job.source_ref, job.priority
+        )
         self.notify()
         return job
 

@@ -8,6 +8,7 @@ back to the queue, so a crash loses nothing.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -174,7 +175,10 @@ class ModelWorker:
             self.backend, self.state, self.error = backend, "ready", None
             log.info(
                 "model ready: backend=%s model=%s version=%s (%.1f s)",
-                backend.name, backend.model_id, backend.model_version, time.monotonic() - started,
+                backend.name,
+                backend.model_id,
+                backend.model_version,
+                time.monotonic() - started,
             )
             return True
         return False
@@ -267,17 +271,22 @@ class ModelWorker:
     def _prepare(self, job: Job) -> _Work:
         short = job.uid[:8]
         images = [decode_image(Path(path), self.config.images, short) for path in job.images]
-        gen = {
-            "max_new_tokens": int(job.extra.get("max_tokens") or self.config.model.max_new_tokens),
-            "temperature": float(job.extra.get("temperature", self.config.model.temperature)),
-            "job_id": short,
-        }
+        # A caller (the API, later) may ask for a shorter answer or more variety than the config's default.
+        gen = functools.partial(
+            Request,
+            max_new_tokens=min(
+                int(job.extra.get("max_tokens") or self.config.model.max_new_tokens),
+                self.config.model.max_new_tokens,
+            ),
+            temperature=float(job.extra.get("temperature", self.config.model.temperature)),
+            job_id=short,
+        )
         if len(images) == 1 and len(images[0].pages) > 1 and not job.history:
             # A multi-page TIFF: every page gets the question, and the answers are put together.
-            requests = [Request(turns=(Turn("user", job.question, (page,)),), **gen) for page in images[0].pages]  # type: ignore[arg-type]
+            requests = [gen(turns=(Turn("user", job.question, (page,)),)) for page in images[0].pages]
         else:
             pages = tuple(page for image in images for page in image.pages)
-            requests = [Request(turns=_conversation(job, pages), **gen)]  # type: ignore[arg-type]
+            requests = [gen(turns=_conversation(job, pages))]
         return _Work(job=job, images=images, requests=requests)
 
     def _answer_streaming(self, work: _Work) -> None:
@@ -360,8 +369,15 @@ class ModelWorker:
             **{
                 name: getattr(previous, name)
                 for name in (
-                    "answer", "reasoning", "ocr_text", "backend", "model", "model_version",
-                    "width", "height", "pages",
+                    "answer",
+                    "reasoning",
+                    "ocr_text",
+                    "backend",
+                    "model",
+                    "model_version",
+                    "width",
+                    "height",
+                    "pages",
                 )
             },
             prompt_tokens=0,
@@ -397,7 +413,9 @@ class ModelWorker:
         )
         self.store.schedule_retry(job.id, utcnow() + timedelta(seconds=delay), str(exc.message), exc.code)
         self._claimed.discard(job.id)
-        log.warning("[job %s] attempt %d failed (%s); retry in %.0f s", job.uid[:8], attempts, exc.code, delay)
+        log.warning(
+            "[job %s] attempt %d failed (%s); retry in %.0f s", job.uid[:8], attempts, exc.code, delay
+        )
 
 
 def _conversation(job: Job, pages: tuple[object, ...]) -> tuple[Turn, ...]:

@@ -34,7 +34,6 @@ from service.config import Config, HttpConfig, ImagesConfig, StorageConfig, Watc
 def ocr_engine():  # type: ignore[no-untyped-def]
     """One RapidOCR engine for the whole run (its ONNX sessions take seconds to build)."""
     from service.backends.ocr_backend import OcrEngine
-
     from tests.render import render_text_image
 
     engine = OcrEngine()

@@ -19,7 +19,10 @@ REPO = Path(__file__).resolve().parent.parent
 def _tuwen(config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "service.cli", *args, "-c", str(config)],
-        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -45,7 +48,9 @@ def test_ask_prints_the_answer_and_records_the_job(config: Path, tmp_path: Path,
     record = json.loads(as_json.stdout)
     assert record["status"] == "done" and record["question"] == "这是什么文物？"
     assert record["source"] == "cli" and record["width"] == 600
-    assert _rows(tmp_path / "data" / "tuwen.sqlite3", "SELECT count(*) FROM jobs WHERE source='cli'") == [(2,)]
+    assert _rows(tmp_path / "data" / "tuwen.sqlite3", "SELECT count(*) FROM jobs WHERE source='cli'") == [
+        (2,)
+    ]
 
 
 def test_ask_on_a_broken_file_exits_non_zero_with_a_clear_message(config: Path, tmp_path: Path) -> None:
@@ -58,7 +63,9 @@ def test_ask_on_a_broken_file_exits_non_zero_with_a_clear_message(config: Path, 
     assert missing.returncode == 1 and "无法读取文件" in missing.stderr
 
 
-def test_batch_writes_csv_and_resumes_without_answering_twice(config: Path, tmp_path: Path, scan_bytes) -> None:  # type: ignore[no-untyped-def]
+def test_batch_writes_csv_and_resumes_without_answering_twice(
+    config: Path, tmp_path: Path, scan_bytes
+) -> None:  # type: ignore[no-untyped-def]
     folder = tmp_path / "box"
     (folder / "sub").mkdir(parents=True)
     names = ["a.jpg", "b.jpg", "sub/c.jpg", "d.jpg"]
@@ -70,14 +77,26 @@ def test_batch_writes_csv_and_resumes_without_answering_twice(config: Path, tmp_
 
     # Interrupt the first run after it has answered something, as a user pressing Ctrl-C or a reboot would.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "batch", str(folder), "--prompt", "卷宗号是多少？",
-         "-c", str(config)],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "batch",
+            str(folder),
+            "--prompt",
+            "卷宗号是多少？",
+            "-c",
+            str(config),
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_until(
             lambda: db.exists() and _safe_count(db, "SELECT count(*) FROM jobs WHERE status='done'") >= 1,
-            timeout=90, interval=0.02,
+            timeout=90,
+            interval=0.02,
         )
     finally:
         proc.kill()

@@ -271,9 +271,7 @@ def test_max_pages_keeps_the_first_pages(tmp_path: Path) -> None:
         pytest.param("anim.png", {}, id="apng"),
     ],
 )
-def test_animations_give_their_first_frame_only(
-    tmp_path: Path, name: str, options: dict[str, Any]
-) -> None:
+def test_animations_give_their_first_frame_only(tmp_path: Path, name: str, options: dict[str, Any]) -> None:
     path = tmp_path / name
     solid(RED).save(path, save_all=True, append_images=[solid(GREEN), solid(BLUE)], duration=100, **options)
     decoded = decode_image(path, ImagesConfig())

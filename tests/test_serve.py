@@ -9,7 +9,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -51,7 +50,10 @@ def _start(config: Path, log: Path) -> subprocess.Popen[bytes]:
     handle = open(log, "ab")  # noqa: SIM115 - the child owns it for its lifetime
     return subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve", "-c", str(config)],
-        cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env=env,
+        cwd=REPO,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        env=env,
     )
 
 
@@ -90,7 +92,9 @@ def test_serve_health_answer_and_clean_sigterm(service_dir: Path, scan_bytes) ->
         assert {"version", "uptime_seconds", "queue_depth"} <= set(body)
         scan = service_dir / "inbox" / "scan.jpg"
         scan.write_bytes(scan_bytes(["区档案馆 第一卷"]))
-        wait_until(lambda: scan.with_name("scan.jpg.json").exists() and scan.with_name("scan.jpg.xmp").exists())
+        wait_until(
+            lambda: scan.with_name("scan.jpg.json").exists() and scan.with_name("scan.jpg.xmp").exists()
+        )
         sidecar = json.loads(scan.with_name("scan.jpg.json").read_text(encoding="utf-8"))
         assert sidecar["status"] == "done" and "区档案馆" in sidecar["answer"]
     finally:
@@ -104,7 +108,9 @@ def test_serve_health_answer_and_clean_sigterm(service_dir: Path, scan_bytes) ->
     assert "tuwen.vision" in text and "tuwen.service" in text and "tuwen.watch" in text
 
 
-def test_kill_mid_backlog_then_restart_loses_nothing_and_repeats_nothing(service_dir: Path, scan_bytes) -> None:  # type: ignore[no-untyped-def]
+def test_kill_mid_backlog_then_restart_loses_nothing_and_repeats_nothing(
+    service_dir: Path, scan_bytes
+) -> None:  # type: ignore[no-untyped-def]
     port = _free_port()
     config = _write_config(service_dir, port)
     inbox = service_dir / "inbox"

@@ -17,7 +17,9 @@ from tests.conftest import wait_until
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_folder_backlog_is_batched_through_the_transformers_backend(make_config, tiny_glm_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_folder_backlog_is_batched_through_the_transformers_backend(
+    make_config, tiny_glm_dir, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     config = make_config()
     config.model = ModelConfig(backend="transformers", path=str(tiny_glm_dir), max_new_tokens=8, batch_size=4)
     inbox = config.watch[0].path
@@ -33,7 +35,12 @@ def test_folder_backlog_is_batched_through_the_transformers_backend(make_config,
     wait_until(lambda: all(p.exists() for p in sidecars), timeout=120)
     pieces: list[str] = []
     interactive = app.queue.submit(
-        Event(source="api", question="这是什么颜色？", images=(str(inbox / "red.png"),), priority=Priority.INTERACTIVE),
+        Event(
+            source="api",
+            question="这是什么颜色？",
+            images=(str(inbox / "red.png"),),
+            priority=Priority.INTERACTIVE,
+        ),
         on_text=pieces.append,
     )
     streamed = app.queue.result(interactive.uid).result(timeout=60)
@@ -60,7 +67,10 @@ def test_cli_ask_with_the_tiny_glm_checkpoint(tiny_glm_dir, tmp_path) -> None:  
     Image.new("RGB", (320, 240), "orange").save(image)
     result = subprocess.run(
         [sys.executable, "-m", "service.cli", "ask", str(image), "描述这张图", "--json", "-c", str(config)],
-        cwd=REPO, capture_output=True, text=True, timeout=180,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stderr

@@ -30,7 +30,9 @@ def inbox(tmp_path: Path) -> Path:
     return folder
 
 
-def test_backlog_present_at_start_is_answered_with_both_sidecars(make_config, backend_factory, inbox, scan_bytes) -> None:  # type: ignore[no-untyped-def]
+def test_backlog_present_at_start_is_answered_with_both_sidecars(
+    make_config, backend_factory, inbox, scan_bytes
+) -> None:  # type: ignore[no-untyped-def]
     (inbox / "sub").mkdir()
     files = [inbox / "a.jpg", inbox / "b.png", inbox / "sub" / "c.jpg"]
     for path in files:
@@ -51,7 +53,9 @@ def test_backlog_present_at_start_is_answered_with_both_sidecars(make_config, ba
         assert (path.read_bytes(), path.stat().st_mtime_ns) == before[path]  # staff files untouched
 
 
-def test_a_slowly_written_file_is_taken_once_when_complete(make_config, backend_factory, inbox, scan_bytes) -> None:  # type: ignore[no-untyped-def]
+def test_a_slowly_written_file_is_taken_once_when_complete(
+    make_config, backend_factory, inbox, scan_bytes
+) -> None:  # type: ignore[no-untyped-def]
     data = scan_bytes(["慢慢写入的扫描件"])
     app = App(make_config(watches=[{"stable_seconds": 1.0}]), backend_factory=backend_factory)
     app.start()
@@ -76,7 +80,11 @@ def test_a_slowly_written_file_is_taken_once_when_complete(make_config, backend_
     ("name", "content", "expected"),
     [
         ("empty.jpg", b"", "文件为空（0 字节）"),
-        ("truncated.jpg", "half", "无法解码图片：文件已损坏或不完整 / cannot decode image: file is corrupt or truncated"),
+        (
+            "truncated.jpg",
+            "half",
+            "无法解码图片：文件已损坏或不完整 / cannot decode image: file is corrupt or truncated",
+        ),
         ("random.png", os.urandom(4096), "不是可识别的图片格式"),
         ("notes.docx", b"PK\x03\x04 not really a document", "不是可识别的图片格式"),
     ],
@@ -104,9 +112,16 @@ def test_bad_files_become_failed_records_and_the_service_stays_up(  # type: igno
 def test_litter_and_our_own_files_are_ignored(make_config, backend_factory, inbox, scan_bytes) -> None:  # type: ignore[no-untyped-def]
     data = scan_bytes()
     litter = [
-        inbox / ".DS_Store", inbox / "._scan.jpg", inbox / "Thumbs.db", inbox / "desktop.ini",
-        inbox / "scan.jpg.part", inbox / "scan.jpg.crdownload", inbox / "~$report.jpg",
-        inbox / "@eaDir" / "scan.jpg", inbox / "__MACOSX" / "scan.jpg", inbox / "old.jpg.xmp",
+        inbox / ".DS_Store",
+        inbox / "._scan.jpg",
+        inbox / "Thumbs.db",
+        inbox / "desktop.ini",
+        inbox / "scan.jpg.part",
+        inbox / "scan.jpg.crdownload",
+        inbox / "~$report.jpg",
+        inbox / "@eaDir" / "scan.jpg",
+        inbox / "__MACOSX" / "scan.jpg",
+        inbox / "old.jpg.xmp",
     ]
     for path in litter:
         path.parent.mkdir(exist_ok=True)
@@ -125,7 +140,9 @@ def test_litter_and_our_own_files_are_ignored(make_config, backend_factory, inbo
     assert app.store.status_counts() == {"done": 1}
 
 
-def test_renamed_or_touched_scan_is_not_answered_again(make_config, backend_factory, inbox, scan_bytes) -> None:  # type: ignore[no-untyped-def]
+def test_renamed_or_touched_scan_is_not_answered_again(
+    make_config, backend_factory, inbox, scan_bytes
+) -> None:  # type: ignore[no-untyped-def]
     original = inbox / "photo.jpg"
     original.write_bytes(scan_bytes(["同一张照片"]))
     app = App(make_config(), backend_factory=backend_factory)
@@ -135,7 +152,9 @@ def test_renamed_or_touched_scan_is_not_answered_again(make_config, backend_fact
     original.rename(renamed)
     wait_until(lambda: _sidecar(renamed))
     os.utime(renamed, (time.time() + 5, time.time() + 5))
-    wait_until(lambda: len(_jobs_for(app, renamed)) == 2 and all(j.status == "done" for j in _jobs_for(app, renamed)))
+    wait_until(
+        lambda: len(_jobs_for(app, renamed)) == 2 and all(j.status == "done" for j in _jobs_for(app, renamed))
+    )
     app.stop()
     backend = backend_factory.backends[0]
     assert backend.requests_answered == 1
@@ -157,12 +176,16 @@ def test_a_changed_prompt_answers_again(make_config, backend_factory, inbox, sca
     assert backend_factory.backends[1].requests_answered == 1
 
 
-def test_output_dir_mirrors_the_tree_for_read_only_shares(make_config, backend_factory, inbox, tmp_path, scan_bytes) -> None:  # type: ignore[no-untyped-def]
+def test_output_dir_mirrors_the_tree_for_read_only_shares(
+    make_config, backend_factory, inbox, tmp_path, scan_bytes
+) -> None:  # type: ignore[no-untyped-def]
     (inbox / "1950s").mkdir()
     scan = inbox / "1950s" / "street.jpg"
     scan.write_bytes(scan_bytes(["南京路 1956"]))
     mirror = tmp_path / "sidecars"
-    app = App(make_config(watches=[{"output_dir": mirror, "catalogue": True}]), backend_factory=backend_factory)
+    app = App(
+        make_config(watches=[{"output_dir": mirror, "catalogue": True}]), backend_factory=backend_factory
+    )
     app.start()
     wait_until(lambda: (mirror / "1950s" / "street.jpg.json").exists())
     app.stop()
@@ -185,7 +208,9 @@ def test_polling_mode_for_network_shares(make_config, backend_factory, inbox, sc
     assert type(app.sources[0]._observer).__name__ == "PollingObserver"  # type: ignore[attr-defined]
 
 
-def test_missing_sidecar_of_a_done_job_is_rewritten_at_start(make_config, backend_factory, inbox, scan_bytes) -> None:  # type: ignore[no-untyped-def]
+def test_missing_sidecar_of_a_done_job_is_rewritten_at_start(
+    make_config, backend_factory, inbox, scan_bytes
+) -> None:  # type: ignore[no-untyped-def]
     scan = inbox / "deed.jpg"
     scan.write_bytes(scan_bytes(["地契"]))
     config = make_config()
@@ -206,7 +231,9 @@ def test_missing_sidecar_of_a_done_job_is_rewritten_at_start(make_config, backen
     assert second.store.status_counts() == {"done": 1}
 
 
-def test_a_watch_folder_that_appears_later_is_picked_up(make_config, backend_factory, tmp_path, scan_bytes) -> None:  # type: ignore[no-untyped-def]
+def test_a_watch_folder_that_appears_later_is_picked_up(
+    make_config, backend_factory, tmp_path, scan_bytes
+) -> None:  # type: ignore[no-untyped-def]
     later = tmp_path / "mounted-later"
     app = App(make_config(watches=[{"path": later, "rescan_seconds": 0.5}]), backend_factory=backend_factory)
     app.start()

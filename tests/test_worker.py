@@ -15,10 +15,16 @@ from service.messages import msg
 from tests.conftest import wait_until
 
 
-def _event(path: Path, priority: Priority = Priority.BACKLOG, question: str = "这是什么？", **kw: object) -> Event:
+def _event(
+    path: Path, priority: Priority = Priority.BACKLOG, question: str = "这是什么？", **kw: object
+) -> Event:
     return Event(
-        source=str(kw.pop("source", "watch")), question=question, images=(str(path),), priority=priority,
-        sha256=sha256_file(path), **kw,  # type: ignore[arg-type]
+        source=str(kw.pop("source", "watch")),
+        question=question,
+        images=(str(path),),
+        priority=priority,
+        sha256=sha256_file(path),
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -121,7 +127,9 @@ def test_out_of_memory_shrinks_the_batch(make_config, backend_factory, scans) ->
     assert app.worker.batch_size == 2
 
 
-def test_bad_image_fails_at_once_and_the_worker_goes_on(make_config, backend_factory, scans, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_image_fails_at_once_and_the_worker_goes_on(
+    make_config, backend_factory, scans, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(scans[0].read_bytes()[:200])
     app = App(make_config(watches=[]), backend_factory=backend_factory)
@@ -132,7 +140,9 @@ def test_bad_image_fails_at_once_and_the_worker_goes_on(make_config, backend_fac
     done = app.queue.result(good.uid).result(timeout=30)
     app.stop()
     assert failed.status == JobStatus.FAILED and failed.attempts == 1
-    assert failed.error == "无法解码图片：文件已损坏或不完整 / cannot decode image: file is corrupt or truncated"
+    assert (
+        failed.error == "无法解码图片：文件已损坏或不完整 / cannot decode image: file is corrupt or truncated"
+    )
     assert done.status == JobStatus.DONE
 
 

@@ -100,7 +100,9 @@ class FolderWatcher:
         observer.start()
         self._observer = observer
         log.info(
-            "watching %s (%s, prompt %r)", self.root, "polling" if self.watch.polling else "native events",
+            "watching %s (%s, prompt %r)",
+            self.root,
+            "polling" if self.watch.polling else "native events",
             self.watch.prompt,
         )
         return True
@@ -128,7 +130,9 @@ class FolderWatcher:
         found = 0
         for dirpath, dirnames, filenames in os.walk(self.root):
             base = Path(dirpath)
-            dirnames[:] = sorted(d for d in dirnames if self.watch.recursive and self.is_candidate_dir(base / d))
+            dirnames[:] = sorted(
+                d for d in dirnames if self.watch.recursive and self.is_candidate_dir(base / d)
+            )
             for filename in sorted(filenames):
                 path = base / filename
                 if not self.is_candidate(path) or path in self.tracker:

@@ -18,6 +18,7 @@ from watchers.sidecars import SidecarRecord, sidecar_paths, write_json_sidecar, 
 
 log = logging.getLogger("tuwen.watch.output")
 
+
 def record_for_job(job: Job, tags: tuple[str, ...] = ()) -> SidecarRecord:
     """The sidecar view of a job row."""
     assert job.file_path is not None

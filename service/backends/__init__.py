@@ -1,1 +1,1 @@
-"""Model backends: the only code that talks to a model. Built by `service.backends.registry.create_backend`."""
+"""Model backends: the only code that talks to a model; built by `registry.create_backend`."""

@@ -193,9 +193,15 @@ class TransformersBackend:
         eos = self._model.generation_config.eos_token_id
         self._stop_ids = {*(eos if isinstance(eos, list) else [eos]), tokenizer.pad_token_id} - {None}
         self.model_version = model_version_of(path, getattr(self._model.config, "_commit_hash", None))
-        log.info("loaded %s (version %s) on %s, %s, quantization %s, in %.1f s", self.model_id,
-                 self.model_version, self.device, dtype, self.settings.quantization,
-                 time.monotonic() - started)
+        log.info(
+            "loaded %s (version %s) on %s, %s, quantization %s, in %.1f s",
+            self.model_id,
+            self.model_version,
+            self.device,
+            dtype,
+            self.settings.quantization,
+            time.monotonic() - started,
+        )
         if self.settings.warmup:
             self._warm_up()
 
@@ -216,19 +222,27 @@ class TransformersBackend:
         if quantization == "none":
             return None
         if self.device != "cuda":
-            raise self._load_failed(f'quantization = "{quantization}" needs a CUDA GPU (bitsandbytes); '
-                                    'set quantization = "none" to run on the CPU')
+            raise self._load_failed(
+                f'quantization = "{quantization}" needs a CUDA GPU (bitsandbytes); '
+                'set quantization = "none" to run on the CPU'
+            )
         try:
             import bitsandbytes  # noqa: F401
         except ImportError as exc:
-            raise self._load_failed(f"quantization = \"{quantization}\" needs bitsandbytes: "
-                                    "pip install 'tuwen[quant]'") from exc
+            raise self._load_failed(
+                f"quantization = \"{quantization}\" needs bitsandbytes: pip install 'tuwen[quant]'"
+            ) from exc
         from transformers import BitsAndBytesConfig
 
         if quantization == "8bit":
             return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=QUANT_SKIP_MODULES)
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
-                                  bnb_4bit_use_double_quant=True, llm_int8_skip_modules=QUANT_SKIP_MODULES)
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True,
+            llm_int8_skip_modules=QUANT_SKIP_MODULES,
+        )
 
     def _load_processor(self, path: str, local: bool) -> Any:
         try:
@@ -360,9 +374,15 @@ class TransformersBackend:
         for request in requests:
             for image in (image for turn in request.turns if turn.role == "user" for image in turn.images):
                 t, h, w = next(grids)
-                vision_log.debug("job %s: %dx%d %s image -> %d visual tokens (prompt built in %.3f s)",
-                                 request.job_id, image.width, image.height, image.mode,
-                                 t * h * w // merge, seconds)
+                vision_log.debug(
+                    "job %s: %dx%d %s image -> %d visual tokens (prompt built in %.3f s)",
+                    request.job_id,
+                    image.width,
+                    image.height,
+                    image.mode,
+                    t * h * w // merge,
+                    seconds,
+                )
         return inputs
 
     def _generate_kwargs(self, requests: Sequence[Request]) -> dict[str, Any]:
@@ -408,6 +428,13 @@ class TransformersBackend:
             raw = self._processor.tokenizer.decode(new_ids[:cut], skip_special_tokens=True)
             text, reasoning = split_thinking(raw) if self.settings.strip_thinking else (raw.strip(), None)
             answers.append(Answer(text, int(prompt), cut, reasoning, {"visual_tokens": int(visual)}))
-            gen_log.info("job %s: %d prompt tokens (%d visual), %d new tokens in %.2f s (batch of %d)",
-                         request.job_id, prompt, visual, cut, seconds, len(requests))
+            gen_log.info(
+                "job %s: %d prompt tokens (%d visual), %d new tokens in %.2f s (batch of %d)",
+                request.job_id,
+                prompt,
+                visual,
+                cut,
+                seconds,
+                len(requests),
+            )
         return answers
