@@ -77,3 +77,19 @@ def test_cli_ask_with_the_tiny_glm_checkpoint(tiny_glm_dir, tmp_path) -> None:  
     record = json.loads(result.stdout)
     assert record["status"] == "done" and record["backend"] == "transformers"
     assert 0 < record["completion_tokens"] <= 6
+
+
+def test_ocr_runs_as_an_extra_step_beside_the_model(make_config, tiny_glm_dir, scan_bytes) -> None:  # type: ignore[no-untyped-def]
+    config = make_config(watches=[])
+    config.model = ModelConfig(
+        backend="transformers", path=str(tiny_glm_dir), max_new_tokens=4, ocr_step=True
+    )
+    image = config.storage.data_dir.parent / "label.jpg"
+    image.write_bytes(scan_bytes(["展品说明 青铜鼎"]))
+    app = App(config)
+    app.start()
+    job = app.queue.submit(Event(source="cli", question="这是什么？", images=(str(image),)))
+    done = app.queue.result(job.uid).result(timeout=120)
+    app.stop()
+    assert done.backend == "transformers" and done.status == "done"
+    assert "青铜鼎" in (done.ocr_text or "")

@@ -243,3 +243,19 @@ def test_a_watch_folder_that_appears_later_is_picked_up(
     scan.write_bytes(scan_bytes())
     wait_until(lambda: _sidecar(scan), timeout=40)
     app.stop()
+
+
+def test_a_changed_model_answers_again(make_config, backend_factory, inbox, scan_bytes) -> None:  # type: ignore[no-untyped-def]
+    scan = inbox / "map.jpg"
+    scan.write_bytes(scan_bytes(["老地图"]))
+    first = App(make_config(), backend_factory=backend_factory)
+    first.start()
+    wait_until(lambda: _sidecar(scan))
+    first.stop()
+    backend_factory.prepare = lambda backend: setattr(backend.inner, "model_version", "upgraded")
+    second = App(make_config(), backend_factory=backend_factory)
+    second.start()
+    os.utime(scan, (time.time() + 5, time.time() + 5))
+    wait_until(lambda: _sidecar(scan)["model_version"] == "upgraded")  # type: ignore[index]
+    second.stop()
+    assert backend_factory.backends[1].requests_answered == 1
