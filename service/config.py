@@ -92,12 +92,38 @@ class StorageConfig(Strict):
 
 
 class HttpConfig(Strict):
-    """`[http]`: the built-in web server (`/health` now; the API and web UI later)."""
+    """`[http]`: the built-in web server: OpenAI-compatible API, web UI, kiosk, feed, /health, /metrics."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     api_key: SecretStr = SecretStr("")
+    max_queue: int = Field(15, ge=1, le=10000)
+    max_body_mb: float = Field(10.0, gt=0, le=1024)
+    request_timeout_seconds: float = Field(300.0, gt=0)
+    allow_image_urls: bool = False
+    image_url_timeout_seconds: float = Field(10.0, gt=0, le=120)
+    model_name: str = "tuwen"
+
+
+class KioskConfig(Strict):
+    """`[kiosk]`: the museum tablet page at /kiosk."""
+
+    title: str = "拍一拍，问一问"
+    presets: list[str] = Field(
+        default_factory=lambda: ["这是什么？", "它是什么年代的？", "请用简单的话给孩子讲讲它"]
+    )
+    idle_seconds: float = Field(90.0, ge=5)
+    max_turns: int = Field(6, ge=1, le=50)
+
+
+class FeedConfig(Strict):
+    """`[feed]`: the live display page at /feed."""
+
+    title: str = "最新解读"
+    sources: list[str] = Field(default_factory=list)
+    watches: list[str] = Field(default_factory=list)
+    limit: int = Field(12, ge=1, le=200)
 
 
 class QueueConfig(Strict):
@@ -159,6 +185,8 @@ class Config(Strict):
     http: HttpConfig = Field(default_factory=HttpConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    kiosk: KioskConfig = Field(default_factory=KioskConfig)
+    feed: FeedConfig = Field(default_factory=FeedConfig)
     watch: list[WatchConfig] = Field(default_factory=list)
 
     @field_validator("watch")

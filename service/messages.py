@@ -93,6 +93,33 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
         "无法在 {host}:{port} 启动网页服务（端口被占用？）。请修改 [http] port；文件夹监视仍在运行",
         "cannot start the web server on {host}:{port} (port in use?). Change [http] port; folder watching goes on",
     ),
+    # HTTP API (OpenAI-compatible errors carry these as error.message)
+    "api_bad_json": ("请求内容不是合法的 JSON", "request body is not valid JSON"),
+    "api_bad_request": ("请求格式有误：{reason}", "malformed request: {reason}"),
+    "api_unauthorized": (
+        "缺少或错误的 API 密钥（请在 Authorization: Bearer 中提供）",
+        "missing or wrong API key (send it as Authorization: Bearer)",
+    ),
+    "api_too_large": ("请求或图片超过 {limit_mb} MB 的上限", "request or image exceeds the {limit_mb} MB limit"),
+    "api_queue_full": (
+        "等待中的请求太多（上限 {limit}），请 {seconds} 秒后重试",
+        "too many requests waiting (limit {limit}); retry in {seconds} s",
+    ),
+    "api_model_unavailable": (
+        "模型尚未就绪或已停止：{reason}",
+        "the model is not ready or its worker has stopped: {reason}",
+    ),
+    "api_timeout": ("等待回答超时（{seconds} 秒）", "timed out waiting for the answer ({seconds} s)"),
+    "api_image_url_disabled": (
+        "不接受图片网址：请以 base64 data URL 发送图片（管理员可开启 [http] allow_image_urls）",
+        "image URLs are not accepted: send images as base64 data URLs (an admin can enable [http] allow_image_urls)",
+    ),
+    "api_image_url_refused": (
+        "拒绝访问内网或本机地址：{host}",
+        "refused: {host} is a private, loopback or reserved address",
+    ),
+    "api_image_url_failed": ("无法下载图片：{reason}", "cannot download image: {reason}"),
+    "api_not_found": ("找不到：{what}", "not found: {what}"),
     "watch_missing": (
         "监视文件夹不存在：{path}，请创建它或修改 [[watch]] path",
         "watched folder does not exist: {path}; create it or change [[watch]] path",

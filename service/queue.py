@@ -17,7 +17,7 @@ from dataclasses import asdict
 
 from db.models import Job, JobStatus
 from db.store import Store
-from service.events import Event
+from service.events import Event, Priority
 
 log = logging.getLogger("tuwen.service")
 
@@ -40,6 +40,8 @@ class JobQueue:
         self._futures: dict[str, Future[Job]] = {}
         self._text_listeners: dict[str, TextListener] = {}
         self._finished_listeners: list[FinishedListener] = []
+        self._updated_listeners: list[FinishedListener] = []
+        self._interactive: set[str] = set()
         self._lock = threading.Lock()
         self.accepting = True
 
@@ -52,9 +54,11 @@ class JobQueue:
         if not self.accepting:
             raise RuntimeError("the queue is shutting down")
         uid = uuid.uuid4().hex
-        if on_text is not None:
-            with self._lock:
+        with self._lock:
+            if on_text is not None:
                 self._text_listeners[uid] = on_text
+            if event.priority <= Priority.INTERACTIVE:
+                self._interactive.add(uid)
         job = self.store.add_job(
             uid=uid,
             source=event.source,
@@ -91,6 +95,23 @@ class JobQueue:
             future.set_result(job)
         return future
 
+    def interactive_waiting(self) -> int:
+        """Interactive jobs submitted in this process and not finished yet (for the API's 429 decision)."""
+        with self._lock:
+            return len(self._interactive)
+
+    def add_updated_listener(self, listener: FinishedListener) -> None:
+        """Call `listener(job)` after a finished job is changed (a staff review or correction)."""
+        self._updated_listeners.append(listener)
+
+    def updated(self, job: Job) -> None:
+        """Announce a changed finished job (e.g. reviewed); listener errors are logged."""
+        for listener in self._updated_listeners:
+            try:
+                listener(job)
+            except Exception:
+                log.exception("[job %s] an updated-job listener failed", job.uid[:8])
+
     def add_finished_listener(self, listener: FinishedListener) -> None:
         """Call `listener(job)` on the worker thread after each job is recorded done or failed."""
         self._finished_listeners.append(listener)
@@ -119,6 +140,7 @@ class JobQueue:
         """Announce a finished job: resolve its future and tell every listener. Listener errors are logged."""
         with self._lock:
             self._text_listeners.pop(job.uid, None)
+            self._interactive.discard(job.uid)
             future = self._futures.pop(job.uid, None)
         for listener in self._finished_listeners:
             try:

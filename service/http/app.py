@@ -1,4 +1,11 @@
-"""The FastAPI application. For now: `GET /health`; the API, web UI and kiosk plug in here later."""
+"""The FastAPI application: one router per concern, all bound to the running `App`.
+
+- `health`     GET /health (here: it must never depend on anything else working)
+- `metrics`    GET /metrics (Prometheus)
+- `openai_api` POST /v1/chat/completions, GET /v1/models
+- `history_api` /api/… JSON for history, review, export, thumbnails
+- `pages`      /, /login, /kiosk, /feed and their static files; /api/feed/events (SSE)
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,10 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from service import __version__
+from service.http import history_api, metrics, openai_api, pages
+from service.http.auth import Auth
+from service.http.context import HttpContext
+from service.http.errors import install_error_handlers
 
 if TYPE_CHECKING:
     from service.app import App
@@ -17,6 +28,9 @@ if TYPE_CHECKING:
 def create_http_app(app: App) -> FastAPI:
     """Build the ASGI app bound to a running `App`."""
     api = FastAPI(title="tuwen 图问", version=__version__)
+    ctx = HttpContext(app=app, auth=Auth(app.config.http.api_key.get_secret_value()))
+    ctx.metrics = metrics.Metrics(ctx)
+    install_error_handlers(api)
 
     @api.get("/health")
     def health() -> JSONResponse:
@@ -40,4 +54,8 @@ def create_http_app(app: App) -> FastAPI:
             body["error"] = str(worker.error)
         return JSONResponse(body, status_code=200 if healthy else 503)
 
+    api.include_router(metrics.build_router(ctx))
+    api.include_router(openai_api.build_router(ctx))
+    api.include_router(history_api.build_router(ctx))
+    api.include_router(pages.build_router(ctx))
     return api

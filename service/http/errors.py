@@ -1,0 +1,87 @@
+"""Errors in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with bilingual messages.
+
+Clients written for OpenAI or vLLM show `error.message` to people, so it carries the catalogue text
+("中文 / English"); `code` is the stable catalogue code for programs.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.errors import TuwenError
+from service.messages import Message, msg
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+
+
+class ApiError(Exception):
+    """Raise inside a handler to answer with an OpenAI-style error."""
+
+    def __init__(
+        self,
+        status: int,
+        message: Message,
+        *,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(str(message))
+        self.status = status
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+
+def error_response(
+    status: int, message: Message, *, param: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The JSON response for an error."""
+    body = {
+        "error": {
+            "message": str(message),
+            "type": _TYPES.get(status, "server_error"),
+            "param": param,
+            "code": message.code,
+        }
+    }
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def install_error_handlers(api: FastAPI) -> None:
+    """Make every error, including FastAPI's own validation errors, come out in OpenAI's shape."""
+
+    @api.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.message, param=exc.param, headers=exc.headers)
+
+    @api.exception_handler(TuwenError)
+    async def _tuwen_error(_: Request, exc: TuwenError) -> JSONResponse:
+        return error_response(422, exc.message)
+
+    @api.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+        reason = f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg", "invalid"))
+        if first.get("type") == "json_invalid":
+            return error_response(400, msg("api_bad_json"))
+        return error_response(400, msg("api_bad_request", reason=reason), param=where or None)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return error_response(404, msg("api_not_found", what=str(exc.detail)))
+        return error_response(exc.status_code, msg("api_bad_request", reason=str(exc.detail)))
