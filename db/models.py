@@ -45,6 +45,27 @@ class JobStatus:
     FAILED = "failed"
 
 
+class ReviewStatus:
+    """A person's verdict on a done job's answer: not looked at yet, right as it stands, or corrected."""
+
+    UNREVIEWED = "unreviewed"
+    CORRECT = "correct"
+    CORRECTED = "corrected"
+    ALL = (UNREVIEWED, CORRECT, CORRECTED)
+
+
+# The full-text index over jobs (migration 0002): an FTS5 virtual table with the trigram tokenizer, an
+# external-content index of `jobs` kept in step by triggers. It is not a model: SQLAlchemy cannot describe
+# a virtual table, so autogenerate must be told to leave it and its shadow tables alone (`include_object`).
+FTS_TABLE = "jobs_fts"
+FTS_COLUMNS = ("question", "answer", "ocr_text", "correction", "file_path")
+
+
+def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+    """Alembic autogenerate filter: ignore the FTS5 index and its shadow tables (`jobs_fts_data`, ...)."""
+    return not (type_ == "table" and name is not None and name.startswith(FTS_TABLE))
+
+
 class Job(Base):
     """One question about one or more images, from any source, and its answer."""
 
@@ -96,6 +117,13 @@ class Job(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     latency_ms: Mapped[float | None] = mapped_column(Float)
 
+    # Staff review (migration 0002). The model's `answer` is never overwritten: a correction sits beside it.
+    review_status: Mapped[str] = mapped_column(
+        String(16), default=ReviewStatus.UNREVIEWED, server_default=ReviewStatus.UNREVIEWED
+    )
+    correction: Mapped[str | None] = mapped_column(Text)
+    reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
     __table_args__ = (
         Index("ix_jobs_claim", "status", "priority", "id"),
         Index("ix_jobs_file", "file_path", "file_size", "file_mtime"),
@@ -103,4 +131,5 @@ class Job(Base):
         Index("ix_jobs_source", "source", "source_ref"),
         Index("ix_jobs_created", "created_at"),
         Index("ix_jobs_conversation", "conversation_id"),
+        Index("ix_jobs_review", "status", "review_status"),
     )

@@ -19,11 +19,19 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, func, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Job, JobStatus, utcnow
+from db.models import Job, JobStatus, ReviewStatus, utcnow
 
 log = logging.getLogger("tuwen.db")
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+class ReviewRejected(ValueError):
+    """A review the store refuses; `reason` is 'verdict', 'correction_missing' or 'not_done'."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 class Store:
@@ -67,6 +75,10 @@ class Store:
             yield session
 
     def _read(self) -> Session:
+        return self._sessions()
+
+    def read_session(self) -> Session:
+        """A short read-only session for query modules beside the store (db.history); never write with it."""
         return self._sessions()
 
     # -- writes ------------------------------------------------------------------------------------
@@ -167,6 +179,30 @@ class Store:
             )
             return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
+    def set_review(self, job_id: int, verdict: str, correction: str | None = None) -> Job | None:
+        """Record a person's verdict on a done job; returns the updated job, or None when there is none.
+
+        'correct' and 'unreviewed' clear any earlier correction (a verdict of "right as it stands" with a
+        different text beside it would be contradictory); 'corrected' needs a non-blank correction. The
+        model's own answer is never changed. Raises `ReviewRejected` for an unknown verdict, a missing
+        correction or a job that is not done.
+        """
+        if verdict not in ReviewStatus.ALL:
+            raise ReviewRejected("verdict", f"unknown verdict {verdict!r}")
+        text = (correction or "").strip()
+        if verdict == ReviewStatus.CORRECTED and not text:
+            raise ReviewRejected("correction_missing", "a 'corrected' verdict needs the correction text")
+        with self._write() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                return None
+            if job.status != JobStatus.DONE:
+                raise ReviewRejected("not_done", f"only done jobs can be reviewed, not {job.status!r} ones")
+            job.review_status = verdict
+            job.correction = text if verdict == ReviewStatus.CORRECTED else None
+            job.reviewed_at = None if verdict == ReviewStatus.UNREVIEWED else utcnow()
+            return job
+
     # -- reads -------------------------------------------------------------------------------------
 
     def get(self, job_id: int) -> Job | None:
@@ -252,6 +288,21 @@ class Store:
                 .group_by(Job.file_path)
             )
             return list(session.scalars(select(Job).where(Job.id.in_(newest)).order_by(Job.id)))
+
+    def latest_finished_job_for_file(self, source: str, source_ref: str, file_path: str) -> Job | None:
+        """The newest done or failed job of one source instance for a file (the one its sidecars show)."""
+        with self._read() as session:
+            return session.scalars(
+                select(Job)
+                .where(
+                    Job.source == source,
+                    Job.source_ref == source_ref,
+                    Job.file_path == file_path,
+                    Job.status.in_([JobStatus.DONE, JobStatus.FAILED]),
+                )
+                .order_by(Job.id.desc())
+                .limit(1)
+            ).first()
 
     def list_jobs(self, status: str | None = None, limit: int = 50, source: str | None = None) -> list[Job]:
         """Newest jobs first, optionally filtered."""

@@ -96,7 +96,21 @@ def test_two_images_both_read_with_page_labels(backend: OcrBackend, scan: Image.
     assert answer.text.index(str(msg("page_label", n=2))) < answer.text.index(second_page)
 
 
-def test_only_last_user_turn_is_read(backend: OcrBackend, scan: Image.Image) -> None:
+def test_a_follow_up_reads_the_photo_of_the_first_turn(backend: OcrBackend, scan: Image.Image) -> None:
+    request = Request(
+        turns=(
+            Turn("user", "这是什么？", (scan,)),
+            Turn("assistant", "一份档案"),
+            Turn("user", "上面写的年份是哪一年？"),
+        )
+    )
+
+    answer = backend.answer(request)
+
+    assert _similarity("\n".join(SCAN_LINES), str(answer.extra["ocr_text"])) >= 0.9
+
+
+def test_every_photo_of_the_conversation_is_read(backend: OcrBackend, scan: Image.Image) -> None:
     second = render_text_image(SECOND_PAGE, size=(800, 300))
     request = Request(
         turns=(
@@ -106,9 +120,10 @@ def test_only_last_user_turn_is_read(backend: OcrBackend, scan: Image.Image) -> 
         )
     )
 
-    answer = backend.answer(request)
+    texts = backend.answer(request).extra["ocr_texts"]
 
-    assert _similarity("\n".join(SECOND_PAGE), str(answer.extra["ocr_text"])) >= 0.9
+    assert len(texts) == 2  # type: ignore[arg-type]
+    assert _similarity("\n".join(SECOND_PAGE), str(texts[1])) >= 0.9  # type: ignore[index]
 
 
 def test_stream_pieces_join_to_answer(backend: OcrBackend, scan: Image.Image) -> None:

@@ -49,6 +49,7 @@ class FolderWatcher:
         self._missing_logged = False
         self._scan_requested = threading.Event()
         queue.add_finished_listener(self._on_finished)
+        queue.add_updated_listener(self._on_updated)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -204,6 +205,18 @@ class FolderWatcher:
         if job.source != SOURCE or job.source_ref != self.watch.key or not job.file_path:
             return
         write_sidecars_for_job(job, self.watch, catalogue=True)
+
+    def _on_updated(self, job: Job) -> None:
+        """A reviewed job: rewrite its JSON and XMP with the correction (the catalogue is append-only)."""
+        if job.source != SOURCE or job.source_ref != self.watch.key or not job.file_path:
+            return
+        # Only the newest answer for the file owns its sidecars: a review of an older job (the file was
+        # answered again since) must not put stale text back. A scan moved away gets no orphan sidecars.
+        latest = self.queue.store.latest_finished_job_for_file(SOURCE, self.watch.key, job.file_path)
+        if latest is None or latest.id != job.id or not Path(job.file_path).exists():
+            log.info("[job %s] reviewed; its sidecars show a newer job or the scan is gone", job.uid[:8])
+            return
+        write_sidecars_for_job(job, self.watch, catalogue=False)
 
     def repair_sidecars(self) -> int:
         """Rewrite sidecars of finished jobs whose JSON sidecar is missing (a crash between DB and disk)."""

@@ -11,7 +11,7 @@ import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
-from db.models import Job, JobStatus
+from db.models import Job, JobStatus, ReviewStatus
 from service.config import WatchConfig
 from watchers.catalogue import CATALOGUE_NAME, CatalogueRow, append_catalogue_row
 from watchers.sidecars import SidecarRecord, sidecar_paths, write_json_sidecar, write_xmp_sidecar
@@ -20,7 +20,7 @@ log = logging.getLogger("tuwen.watch.output")
 
 
 def record_for_job(job: Job, tags: tuple[str, ...] = ()) -> SidecarRecord:
-    """The sidecar view of a job row."""
+    """The sidecar view of a job row, with the staff correction (if any) beside the model's answer."""
     assert job.file_path is not None
     return SidecarRecord(
         status="done" if job.status == JobStatus.DONE else "failed",
@@ -40,7 +40,12 @@ def record_for_job(job: Job, tags: tuple[str, ...] = ()) -> SidecarRecord:
         job_id=job.uid,
         prompt_hash=job.prompt_hash,
         tags=tags,
-        correction=(job.extra or {}).get("correction"),  # type: ignore[arg-type]
+        correction=job.correction,
+        # JSON only (XMP has tuwen:Corrected): whether a person checked the answer, and when.
+        extra={
+            "review_status": job.review_status or ReviewStatus.UNREVIEWED,
+            "reviewed_at": job.reviewed_at.isoformat() if job.reviewed_at else None,
+        },
     )
 
 

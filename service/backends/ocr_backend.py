@@ -183,9 +183,12 @@ class OcrBackend:
         logger.info("OCR engine ready: %s", version)
 
     def _read_all(self, request: Request) -> tuple[str, list[str]]:
-        """The full answer text and the bare text of each image of the last user turn."""
-        user_turns = [t for t in request.turns if t.role == "user"]
-        images = user_turns[-1].images if user_turns else ()
+        """The full answer text and the bare text of each image of the conversation.
+
+        A follow-up question carries no new image (the photo belongs to the first turn), and OCR can only
+        ever answer "what does the photo say", so every image in the conversation is read.
+        """
+        images = [image for turn in request.turns if turn.role == "user" for image in turn.images]
         texts: list[str] = []
         for index, image in enumerate(images, start=1):
             try:

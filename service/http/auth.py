@@ -41,7 +41,7 @@ class Auth:
         """The token for a scope: the key itself for FULL, a derived token otherwise ('' when open)."""
         if not self._key:
             return ""
-        label = Scope(scope).value
+        label = scope.value if isinstance(scope, Scope) else str(scope)
         return hmac.new(self._key.encode(), f"tuwen-{label}".encode(), hashlib.sha256).hexdigest()[:40]
 
     def session_value(self) -> str:

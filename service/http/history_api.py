@@ -1,14 +1,319 @@
-"""Placeholder until this router is written (see service/http/app.py)."""
+"""History and review JSON API (docs/http-contract.md, "History and review"), all behind the FULL scope.
+
+- GET  /api/jobs                  search + filters + paging (db.history.search_jobs)
+- GET  /api/jobs/export.csv       the filtered set as an Excel-friendly CSV (UTF-8 with BOM, CRLF)
+- GET  /api/jobs/{id}             one job, with its conversation history
+- GET  /api/jobs/{id}/thumbnail   JPEG, long edge <= 256 px (service.http.thumbnails)
+- POST /api/jobs/{id}/review      a verdict (and correction); folder jobs get their sidecars rewritten
+- POST /api/review/sample         random unreviewed done jobs
+- GET  /api/review/stats          accuracy of reviewed answers with a Wilson 95 % interval
+
+Query values are taken as text and checked here, so a bad date or page size is answered with a catalogue
+message in both languages rather than a validation dump. Empty values (`status=` from a web form) mean
+"no filter". Handlers are plain `def`s: FastAPI runs them in its thread pool, where blocking SQLite reads
+and image decoding belong.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import re
+from collections.abc import Iterator
+from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
+from db.history import (
+    MAX_PER_PAGE,
+    REVIEW_FILTERS,
+    STATUSES,
+    JobFilter,
+    iter_jobs,
+    review_stats,
+    sample_for_review,
+    search_jobs,
+    stats_dict,
+)
+from db.models import Job, ReviewStatus
+from db.store import ReviewRejected
+from service.http.auth import Scope, require
 from service.http.context import HttpContext
+from service.http.errors import ApiError
+from service.http.thumbnails import thumbnail_bytes
+from service.messages import msg
+
+MAX_CORRECTION_CHARS = 20_000
+MAX_SAMPLE = 200
+CSV_COLUMNS = (
+    "id",
+    "time",
+    "source",
+    "source_ref",
+    "file",
+    "question",
+    "answer",
+    "ocr_text",
+    "status",
+    "error",
+    "review_status",
+    "correction",
+)
+_BOM = "\ufeff"
+# The OWASP "CSV injection" defence, as in watchers/catalogue.py (service/ may not import watchers/):
+# cells Excel would run as formulas get a leading apostrophe; characters it cannot show are dropped.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_UNSHOWABLE = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_EXPORT_BATCH_ROWS = 200
+
+
+class ReviewBody(BaseModel):
+    """`POST /api/jobs/{id}/review`."""
+
+    verdict: str
+    correction: str | None = None
+
+
+class SampleBody(BaseModel):
+    """`POST /api/review/sample`."""
+
+    n: int = 20
+
+
+def job_summary(job: Job) -> dict[str, Any]:
+    """The contract's JobSummary for one job (also what the review endpoint answers)."""
+    return {
+        "id": job.id,
+        "uid": job.uid,
+        "created_at": _iso(job.created_at),
+        "finished_at": _iso(job.finished_at),
+        "source": job.source,
+        "source_ref": job.source_ref,
+        "status": job.status,
+        "file_name": Path(job.file_path).name if job.file_path else None,
+        "file_path": job.file_path,
+        "question": job.question,
+        "answer": job.answer,
+        "ocr_text": job.ocr_text,
+        "error": job.error,
+        "review_status": job.review_status or ReviewStatus.UNREVIEWED,
+        "correction": job.correction,
+        "conversation_id": job.conversation_id,
+        "thumbnail_url": f"/api/jobs/{job.id}/thumbnail" if job.images else None,
+        "model": job.model,
+        "latency_ms": job.latency_ms,
+    }
+
+
+def job_filter_params(
+    q: str = "",
+    source: str = "",
+    watch: str = "",
+    status: str = "",
+    date_from: str = "",
+    date_to: str = "",
+    review: str = "",
+) -> JobFilter:
+    """The filters shared by the list and the export, checked (a FastAPI dependency)."""
+    _check_choice("status", status, STATUSES)
+    _check_choice("review", review, REVIEW_FILTERS)
+    return JobFilter(
+        q=q.strip(),
+        source=source or None,
+        watch=watch or None,
+        status=status or None,
+        date_from=_parse_date("date_from", date_from),
+        date_to=_parse_date("date_to", date_to),
+        review=review or None,
+    )
 
 
 def build_router(ctx: HttpContext) -> APIRouter:
-    """No routes yet."""
-    return APIRouter()
+    """The history and review routes, bound to the running service."""
+    router = APIRouter(dependencies=[Depends(require(ctx.auth, Scope.FULL))])
+    store = ctx.app.store
+
+    def get_job(job_id: int) -> Job:
+        job = store.get(job_id)
+        if job is None:
+            raise ApiError(404, msg("api_not_found", what=f"job {job_id}"))
+        return job
+
+    @router.get("/api/jobs")
+    def list_jobs(
+        job_filter: JobFilter = Depends(job_filter_params),  # noqa: B008 - FastAPI's dependency idiom
+        page: str = "1",
+        per_page: str = "50",
+    ) -> dict[str, Any]:
+        """Jobs matching the filters, newest first, one page at a time."""
+        page_number = _parse_int("page", page, 1, 1_000_000)
+        size = _parse_int("per_page", per_page, 1, MAX_PER_PAGE)
+        f = job_filter
+        found = search_jobs(
+            store, f.q, f.source, f.watch, f.status, f.date_from, f.date_to, f.review, page_number, size
+        )
+        return {
+            "items": [job_summary(job) for job in found.items],
+            "total": found.total,
+            "page": found.page,
+            "per_page": found.per_page,
+        }
+
+    # Declared before /api/jobs/{id}: the int convertor would not match it anyway, but order makes it plain.
+    @router.get("/api/jobs/export.csv")
+    def export_csv(
+        job_filter: JobFilter = Depends(job_filter_params),  # noqa: B008 - FastAPI's dependency idiom
+    ) -> StreamingResponse:
+        """The filtered set as CSV for Excel: UTF-8 with BOM, CRLF rows, formula-safe cells."""
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        return StreamingResponse(
+            _csv_chunks(iter_jobs(store, job_filter)),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="tuwen-jobs-{stamp}.csv"'},
+        )
+
+    @router.get("/api/jobs/{job_id:int}")
+    def job_detail(job_id: int) -> dict[str, Any]:
+        """One job with the earlier turns of its conversation."""
+        job = get_job(job_id)
+        return {**job_summary(job), "history": list(job.history or [])}
+
+    @router.get("/api/jobs/{job_id:int}/thumbnail")
+    def job_thumbnail(job_id: int) -> Response:
+        """A small JPEG of the job's first image; 404 when the image is gone or undecodable."""
+        job = get_job(job_id)
+        data = thumbnail_bytes(job, ctx.app.config.storage.data_dir, ctx.app.config.images)
+        if data is None:
+            raise ApiError(404, msg("api_not_found", what=f"thumbnail of job {job_id}"))
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
+
+    @router.post("/api/jobs/{job_id:int}/review")
+    def review_job(job_id: int, body: ReviewBody) -> dict[str, Any]:
+        """Record a verdict; listeners (the folder watcher) rewrite sidecars with the correction."""
+        _check_choice("verdict", body.verdict, ReviewStatus.ALL, required=True)
+        if body.correction is not None and len(body.correction) > MAX_CORRECTION_CHARS:
+            raise ApiError(
+                400,
+                msg("review_correction_too_long", length=len(body.correction), limit=MAX_CORRECTION_CHARS),
+                param="correction",
+            )
+        try:
+            job = store.set_review(job_id, body.verdict, body.correction)
+        except ReviewRejected as exc:
+            raise _review_error(exc, store.get(job_id)) from exc
+        if job is None:
+            raise ApiError(404, msg("api_not_found", what=f"job {job_id}"))
+        ctx.app.queue.updated(job)
+        return job_summary(job)
+
+    @router.post("/api/review/sample")
+    def review_sample(body: SampleBody | None = None) -> dict[str, Any]:
+        """Random done jobs nobody has reviewed yet."""
+        n = (body or SampleBody()).n
+        if not 1 <= n <= MAX_SAMPLE:
+            raise ApiError(
+                400, msg("history_bad_param", name="n", value=n, allowed=f"1–{MAX_SAMPLE}"), param="n"
+            )
+        return {"items": [job_summary(job) for job in sample_for_review(store, n)]}
+
+    @router.get("/api/review/stats")
+    def stats() -> dict[str, Any]:
+        """Reviewed share and accuracy of done answers with a Wilson 95 % interval (nulls before reviews)."""
+        return stats_dict(review_stats(store))
+
+    return router
+
+
+# -- helpers ----------------------------------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...], *, required: bool = False) -> None:
+    if (value or required) and value not in allowed:
+        raise ApiError(
+            400, msg("history_bad_param", name=name, value=value, allowed=", ".join(allowed)), param=name
+        )
+
+
+def _parse_date(name: str, value: str) -> date | None:
+    if not value:
+        return None
+    try:
+        # fromisoformat alone would also take "20250301" and week dates; the contract says YYYY-MM-DD.
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            raise ValueError(value)
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ApiError(400, msg("history_bad_date", name=name, value=value), param=name) from None
+
+
+def _parse_int(name: str, value: str, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = low - 1
+    if not low <= number <= high:
+        raise ApiError(
+            400, msg("history_bad_param", name=name, value=value, allowed=f"{low}–{high}"), param=name
+        )
+    return number
+
+
+def _review_error(exc: ReviewRejected, job: Job | None) -> ApiError:
+    if exc.reason == "not_done":
+        return ApiError(400, msg("review_not_done", status=job.status if job else "?"))
+    if exc.reason == "correction_missing":
+        return ApiError(400, msg("review_correction_missing"), param="correction")
+    return ApiError(
+        400, msg("history_bad_param", name="verdict", value=str(exc), allowed=", ".join(ReviewStatus.ALL))
+    )
+
+
+def _csv_chunks(jobs: Iterator[Job]) -> Iterator[bytes]:
+    """BOM + header, then rows in chunks (Excel needs the BOM to read UTF-8 as UTF-8)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    buffer.write(_BOM)
+    writer.writerow(CSV_COLUMNS)
+    for rows, job in enumerate(jobs, start=1):
+        writer.writerow([_csv_cell(value) for value in _csv_values(job)])
+        if rows % _EXPORT_BATCH_ROWS == 0:
+            yield buffer.getvalue().encode("utf-8")
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue().encode("utf-8")
+
+
+def _csv_values(job: Job) -> tuple[object, ...]:
+    # Local time, like the date filters: the export is read by people in the building.
+    local = job.created_at.astimezone().isoformat(timespec="seconds") if job.created_at else ""
+    return (
+        job.id,
+        local,
+        job.source,
+        job.source_ref,
+        job.file_path,
+        job.question,
+        job.answer,
+        job.ocr_text,
+        job.status,
+        job.error,
+        job.review_status,
+        job.correction,
+    )
+
+
+def _csv_cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, int):
+        return str(value)  # our own ids: never a formula, and "-" cannot start them
+    text = _UNSHOWABLE.sub("", str(value))
+    return f"'{text}" if text.startswith(_FORMULA_STARTS) else text
