@@ -234,7 +234,8 @@ class Store:
                     Job.model_version == model_version,
                     Job.status == JobStatus.DONE,
                 )
-                .order_by(Job.id)
+                # A staff-reviewed answer is the better one to reuse; otherwise the newest.
+                .order_by((Job.review_status == "unreviewed").asc(), Job.id.desc())
                 .limit(1)
             ).first()
 

@@ -378,6 +378,10 @@ class ModelWorker:
                     "width",
                     "height",
                     "pages",
+                    # A staff correction belongs to the content, so a renamed scan keeps it.
+                    "review_status",
+                    "correction",
+                    "reviewed_at",
                 )
             },
             prompt_tokens=0,

@@ -210,3 +210,16 @@ def test_same_content_and_prompt_reuses_the_answer(make_config, backend_factory,
     assert second.duplicate_of == first.id and second.answer == first.answer
     assert other_prompt.duplicate_of is None
     assert backend_factory.backends[0].requests_answered == 2
+
+
+def test_a_reused_answer_keeps_the_staff_correction(make_config, backend_factory, scans, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    copy = tmp_path / "copy.jpg"
+    copy.write_bytes(scans[0].read_bytes())
+    app = App(make_config(watches=[]), backend_factory=backend_factory)
+    app.start()
+    first = app.queue.result(app.queue.submit(_event(scans[0]), dedup=True).uid).result(timeout=30)
+    app.store.set_review(first.id, "corrected", "民国时期的档案")
+    again = app.queue.result(app.queue.submit(_event(copy), dedup=True).uid).result(timeout=30)
+    app.stop()
+    assert again.duplicate_of == first.id
+    assert (again.review_status, again.correction) == ("corrected", "民国时期的档案")

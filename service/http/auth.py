@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from enum import Enum
+from enum import StrEnum
 
 from fastapi import Request
 
 SESSION_COOKIE = "tuwen_session"
 
 
-class Scope(str, Enum):
+class Scope(StrEnum):
     """What a credential opens."""
 
     FULL = "full"
