@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     secrets = [config.openai.api_key.get_secret_value(), config.http.api_key.get_secret_value()]
     setup_logging(getattr(args, "log_level", None) or config.logging.level, secrets)
-    handler = {"serve": _serve, "ask": _ask, "batch": _batch, "jobs": _jobs}[args.command]
+    handler = {"serve": _serve, "ask": _ask, "batch": _batch, "jobs": _jobs, "links": _links}[args.command]
     return int(handler(config, args))
 
 
@@ -64,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--no-recursive", action="store_true")
     batch.add_argument("--sidecars", action="store_true", help="also write JSON/XMP sidecars next to files")
     sub.add_parser("check-config", parents=[common], help="validate the config file and exit")
+    links = sub.add_parser(
+        "links", parents=[common], help="print the kiosk and feed URLs (with their tokens)"
+    )
+    links.add_argument("--base-url", help="how tablets reach this server, e.g. http://192.168.1.20:8080")
     jobs = sub.add_parser("jobs", parents=[common], help="list jobs, or retry failed ones")
     jobs.add_argument("--status", choices=["queued", "running", "done", "failed"])
     jobs.add_argument("--limit", type=int, default=20)
@@ -189,6 +193,23 @@ def _jobs(config: Config, args: argparse.Namespace) -> int:
                 outcome.replace("\n", " ")[:120],
             ]
         )
+    return 0
+
+
+def _links(config: Config, args: argparse.Namespace) -> int:
+    # Printed to stdout for the person setting up a tablet, never logged: the tokens are credentials.
+    from service.http.auth import Auth, Scope
+
+    auth = Auth(config.http.api_key.get_secret_value())
+    base = (args.base_url or f"http://{config.http.host}:{config.http.port}").rstrip("/")
+    for label, path, scope in (
+        ("kiosk 展品问答平板", "/kiosk", Scope.KIOSK),
+        ("feed 大厅展示屏", "/feed", Scope.FEED),
+    ):
+        token = auth.token(scope)
+        print(f"{label}: {base}{path}" + (f"?token={token}" if token else ""))
+    if not auth.enabled:
+        print("（未设置 [http] api_key，页面无需令牌 / no [http] api_key set: the pages need no token）")
     return 0
 
 

@@ -147,3 +147,16 @@ def test_jobs_lists_and_retries_failed(config: Path, tmp_path: Path) -> None:
     assert "re-queued 1 failed job(s)" in retried.stdout
     db = tmp_path / "data" / "tuwen.sqlite3"
     assert _rows(db, "SELECT status, attempts FROM jobs") == [("queued", 0)]
+
+
+def test_links_prints_kiosk_and_feed_urls_whose_tokens_open_only_those(tmp_path: Path) -> None:
+    from service.http.auth import Auth, Scope
+
+    config = tmp_path / "config.toml"
+    config.write_text('[http]\nhost = "0.0.0.0"\nport = 8123\napi_key = "museum-key"\n', encoding="utf-8")
+    result = _tuwen(config, "links", "--base-url", "http://192.168.1.20:8123")
+    assert result.returncode == 0
+    auth = Auth("museum-key")
+    assert f"http://192.168.1.20:8123/kiosk?token={auth.token(Scope.KIOSK)}" in result.stdout
+    assert f"http://192.168.1.20:8123/feed?token={auth.token(Scope.FEED)}" in result.stdout
+    assert "museum-key" not in result.stdout
