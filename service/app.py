@@ -96,6 +96,8 @@ class App:
                     port=self.config.http.port,
                     log_level="warning",
                     lifespan="off",
+                    # A chat stream still open at shutdown gets this long, then is cut.
+                    timeout_graceful_shutdown=5,
                 )
             )
             server_task = asyncio.create_task(
@@ -105,6 +107,9 @@ class App:
         await stop_event.wait()
         log.info("stopping: no new events are taken")
         if server is not None and server_task is not None:
+            from service.http.feed import close_feeds
+
+            close_feeds(self)  # open SSE streams would otherwise keep uvicorn waiting
             server.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server_task, timeout=10)

@@ -121,7 +121,8 @@ class FeedConfig(Strict):
     """`[feed]`: the live display page at /feed."""
 
     title: str = "最新解读"
-    sources: list[str] = Field(default_factory=list)
+    # Only folder scans by default: a hall screen should not show visitors' own photos unless asked to.
+    sources: list[str] = Field(default_factory=lambda: ["watch"])
     watches: list[str] = Field(default_factory=list)
     limit: int = Field(12, ge=1, le=200)
 

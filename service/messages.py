@@ -100,7 +100,10 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
         "缺少或错误的 API 密钥（请在 Authorization: Bearer 中提供）",
         "missing or wrong API key (send it as Authorization: Bearer)",
     ),
-    "api_too_large": ("请求或图片超过 {limit_mb} MB 的上限", "request or image exceeds the {limit_mb} MB limit"),
+    "api_too_large": (
+        "请求或图片超过 {limit_mb} MB 的上限",
+        "request or image exceeds the {limit_mb} MB limit",
+    ),
     "api_queue_full": (
         "等待中的请求太多（上限 {limit}），请 {seconds} 秒后重试",
         "too many requests waiting (limit {limit}); retry in {seconds} s",
@@ -248,7 +251,10 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
         "这张照片的问题已经问完啦，换一张照片继续吧",
         "That was the last question about this photo; take a new one to go on",
     ),
-    "ui_kiosk_idle_warning": ("即将清空屏幕，触摸任意位置继续", "The screen will clear soon; touch to continue"),
+    "ui_kiosk_idle_warning": (
+        "即将清空屏幕，触摸任意位置继续",
+        "The screen will clear soon; touch to continue",
+    ),
     "ui_kiosk_restart": ("重新开始", "Start over"),
     "ui_kiosk_need_photo": ("请先拍一张照片", "Take a photo first"),
     "ui_feed_waiting": ("正在等待新的解读…", "Waiting for new answers…"),

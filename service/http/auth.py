@@ -38,7 +38,10 @@ class Auth:
         return bool(self._key)
 
     def token(self, scope: Scope | str) -> str:
-        """The token for a scope: the key itself for FULL, a derived token otherwise ('' when open)."""
+        """A token derived from the key for a scope or label ('' when no key is set).
+
+        FULL access is the key itself (or the session cookie); derived KIOSK/FEED tokens open only their page.
+        """
         if not self._key:
             return ""
         label = scope.value if isinstance(scope, Scope) else str(scope)
