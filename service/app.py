@@ -13,6 +13,7 @@ import logging
 import signal
 import time
 from collections.abc import Generator
+from typing import Any
 
 import uvicorn
 
@@ -53,6 +54,13 @@ class App:
         self.worker = ModelWorker(config, self.store, self.queue, backend_factory, only_uids=only_uids)
         self.sources: list[Source] = build_sources(config, self.queue) if with_sources else []
         self._started: list[Source] = []
+        # Sources that need HTTP routes (a WeCom callback, a Telegram webhook) add FastAPI routers here
+        # when they are built; the HTTP app includes them. Dependencies still point inward.
+        self.http_routers: list[Any] = []
+        for source in self.sources:
+            router = getattr(source, "http_router", None)
+            if router is not None:
+                self.http_routers.append(router)
 
     def start(self) -> None:
         """Start the worker, then each source (a source that fails to start is logged, not fatal)."""

@@ -141,6 +141,56 @@ class LoggingConfig(Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class BotConfig(Strict):
+    """What every chat bot shares: who may use it, how often, and how long a conversation lasts."""
+
+    enabled: bool = False
+    allowed_user_ids: list[str] = Field(default_factory=list)
+    allowed_chat_ids: list[str] = Field(default_factory=list)
+    rate_limit_per_minute: int = Field(6, ge=1, le=1000)
+    default_question: str = "这是什么？请简要描述。"
+    max_turns: int = Field(6, ge=1, le=50)
+    conversation_minutes: float = Field(30.0, gt=0)
+    answer_timeout_seconds: float = Field(300.0, gt=0)
+
+    @field_validator("allowed_user_ids", "allowed_chat_ids", mode="before")
+    @classmethod
+    def _ids_as_text(cls, value: object) -> object:
+        # Telegram ids are numbers, WeChat ids are strings: compare them all as text.
+        return [str(item) for item in value] if isinstance(value, list) else value
+
+
+class TelegramConfig(BotConfig):
+    """`[telegram]`: a Telegram bot (aiogram)."""
+
+    token: SecretStr = SecretStr("")
+    api_base: str = "https://api.telegram.org"
+    mode: Literal["polling", "webhook"] = "polling"
+    webhook_url: str = ""
+    webhook_secret: SecretStr = SecretStr("")
+    max_file_mb: float = Field(20.0, gt=0, le=2000)
+
+
+class WeChatConfig(BotConfig):
+    """`[wechat]`: personal WeChat through a wechaty puppet-service gateway (optional extra)."""
+
+    token: SecretStr = SecretStr("")
+    endpoint: str = ""
+    reconnect_max_seconds: float = Field(300.0, gt=0)
+
+
+class WeComConfig(BotConfig):
+    """`[wecom]`: a WeCom (企业微信) self-built app; its callback URL is served by tuwen's HTTP server."""
+
+    corp_id: str = ""
+    agent_id: int = 0
+    secret: SecretStr = SecretStr("")
+    token: SecretStr = SecretStr("")
+    encoding_aes_key: SecretStr = SecretStr("")
+    api_base: str = "https://qyapi.weixin.qq.com"
+    callback_path: str = "/wecom/callback"
+
+
 class WatchConfig(Strict):
     """One `[[watch]]` folder: its own prompt, patterns and output place."""
 
@@ -188,6 +238,9 @@ class Config(Strict):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     kiosk: KioskConfig = Field(default_factory=KioskConfig)
     feed: FeedConfig = Field(default_factory=FeedConfig)
+    telegram: TelegramConfig = Field(default_factory=TelegramConfig)
+    wechat: WeChatConfig = Field(default_factory=WeChatConfig)
+    wecom: WeComConfig = Field(default_factory=WeComConfig)
     watch: list[WatchConfig] = Field(default_factory=list)
 
     @field_validator("watch")

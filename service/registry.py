@@ -22,4 +22,17 @@ def build_sources(config: Config, queue: JobQueue) -> list[Source]:
         from watchers.folder import FolderWatcher
 
         sources.extend(FolderWatcher(watch, queue) for watch in config.watch)
+    if config.telegram.enabled:
+        from bots.telegram import TelegramBot
+
+        sources.append(TelegramBot(config, queue))
+    if config.wecom.enabled:
+        from bots.wecom import WeComBot
+
+        sources.append(WeComBot(config, queue))
+    if config.wechat.enabled:
+        # python-wechaty is an optional extra (`pip install .[wechat]`); bots.wechat says so if missing.
+        from bots.wechat import WeChatBot
+
+        sources.append(WeChatBot(config, queue))
     return sources

@@ -58,4 +58,6 @@ def create_http_app(app: App) -> FastAPI:
     api.include_router(openai_api.build_router(ctx))
     api.include_router(history_api.build_router(ctx))
     api.include_router(pages.build_router(ctx))
+    for router in app.http_routers:  # adapters' callback routes (WeCom, Telegram webhook)
+        api.include_router(router)
     return api

@@ -1,0 +1,206 @@
+"""OpenAI's chat shapes: the request read with a size cap, validated and turned into a conversation; the
+response, chunk and error bodies built from a finished job.
+
+Kept apart from `openai_api` (which admits, queues, waits and streams) so each stays small; everything here
+is pure, with 400/413 refusals raised as `Refused`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from db.models import Job
+from service.config import DEFAULT_PROMPT
+from service.events import ChatTurn
+from service.http.errors import ApiError, error_response
+from service.messages import Message, msg
+
+
+class _ImageURL(BaseModel):
+    url: str
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text", "image_url"]
+    text: str | None = None
+    image_url: _ImageURL | str | None = None
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[_Part] | None = None
+
+
+class _StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """The part of OpenAI's chat request we use; other parameters (top_p, seed, …) are ignored."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None
+    messages: list[_Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    stream: bool = Field(False, strict=True)  # "yes" is a mistake, not a wish to stream
+    stream_options: _StreamOptions | None = None
+    n: int = Field(1, ge=1, le=1)
+    knowledge_base_id: str | int | None = None
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """What the job needs from the messages."""
+
+    question: str
+    history: tuple[ChatTurn, ...]
+    image_urls: tuple[str, ...]
+
+
+class Refused(ApiError):
+    """An `ApiError` that also says which rejection reason the metrics count."""
+
+    def __init__(self, status: int, message: Message, reason: str | None = None, **kwargs: Any) -> None:
+        super().__init__(status, message, **kwargs)
+        self.reason = reason
+
+
+def bad(reason: str, param: str | None = None) -> Refused:
+    """A 400 saying what is wrong with the request (catalogue code `api_bad_request`)."""
+    return Refused(400, msg("api_bad_request", reason=reason), param=param)
+
+
+async def read_body(request: Request, limit: int, limit_mb: float) -> bytes:
+    """The body, refused with 413 once it passes `limit` bytes, whatever Content-Length claimed."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise Refused(413, msg("api_too_large", limit_mb=f"{limit_mb:g}"))
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise Refused(413, msg("api_too_large", limit_mb=f"{limit_mb:g}"))
+    return bytes(body)
+
+
+def parse_chat_request(body: bytes) -> ChatRequest:
+    """Parse and validate a chat request body; 400 with the first problem otherwise."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise Refused(400, msg("api_bad_json")) from exc
+    if not isinstance(data, dict):
+        raise bad("the body must be a JSON object")
+    try:
+        return ChatRequest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise bad(f"{where}: {first['msg']}", param=where or None) from exc
+    except RecursionError as exc:
+        raise bad("the body is nested too deeply") from exc
+
+
+def conversation_of(chat: ChatRequest) -> Conversation:
+    """The question, earlier turns and image URLs of a chat request (400 when it cannot be a job)."""
+    turns: list[tuple[str, str, list[str]]] = []
+    for index, message in enumerate(chat.messages):
+        if message.role in ("system", "developer"):
+            continue  # see the module docstring
+        text, urls = _content(message, index)
+        if urls and message.role != "user":
+            raise bad("images are accepted in user messages only", param=f"messages.{index}.content")
+        turns.append((message.role, text, urls))
+    if not turns or turns[-1][0] != "user":
+        raise bad("the last message must be a user message", param="messages")
+    _, question, last_urls = turns[-1]
+    if not question.strip() and not last_urls:
+        raise bad("the last user message has neither text nor an image", param="messages")
+    ordered = tuple(dict.fromkeys(url for _, _, turn_urls in turns for url in turn_urls))  # in order, once
+    history = tuple(ChatTurn(role, text) for role, text, _ in turns[:-1])
+    return Conversation(
+        question=question if question.strip() else DEFAULT_PROMPT, history=history, image_urls=ordered
+    )
+
+
+def _content(message: _Message, index: int) -> tuple[str, list[str]]:
+    if message.content is None or isinstance(message.content, str):
+        return message.content or "", []
+    texts: list[str] = []
+    urls: list[str] = []
+    for number, part in enumerate(message.content):
+        where = f"messages.{index}.content.{number}"
+        if part.type == "text":
+            if part.text is None:
+                raise bad(f"{where}.text is missing", param=where)
+            texts.append(part.text)
+        else:
+            image = part.image_url
+            if image is None:
+                raise bad(f"{where}.image_url is missing", param=where)
+            urls.append(image if isinstance(image, str) else image.url)
+    return "\n".join(texts), urls
+
+
+def finish_reason(job: Job, max_new_tokens: int) -> str:
+    """ "length" when the answer used every token it was allowed, else "stop"."""
+    # OCR output is not cut at max_new_tokens (its "tokens" are characters), so it always stops by itself.
+    if job.backend != "ocr" and (job.completion_tokens or 0) >= max_new_tokens:
+        return "length"
+    return "stop"
+
+
+def usage_of(job: Job) -> dict[str, int]:
+    """OpenAI's usage object, with the input/output names some newer clients read."""
+    prompt, completion = job.prompt_tokens or 0, job.completion_tokens or 0
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "input_tokens": prompt,
+        "output_tokens": completion,
+    }
+
+
+def completion_body(job: Job, model_name: str, created: int, max_new_tokens: int) -> dict[str, Any]:
+    """A `chat.completion` for a done job."""
+    message: dict[str, Any] = {"role": "assistant", "content": job.answer or ""}
+    if job.reasoning:
+        message["reasoning_content"] = job.reasoning  # vLLM's name for the thinking it strips
+    choice = {"index": 0, "message": message, "logprobs": None}
+    choice["finish_reason"] = finish_reason(job, max_new_tokens)
+    return {
+        "id": f"chatcmpl-{job.uid}",
+        "object": "chat.completion",
+        "created": created,
+        "model": model_name,
+        "choices": [choice],
+        "usage": usage_of(job),
+        "model_version": job.model_version,
+    }
+
+
+def job_error(job: Job) -> Message:
+    """A failed job's recorded message as a `Message` again (it is stored as "中文 / English")."""
+    zh, separator, en = (job.error or "").partition(" / ")
+    return Message(job.error_code or "unexpected", zh, en if separator else zh)
+
+
+def sse(data: dict[str, Any] | str) -> str:
+    """One server-sent event."""
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return f"data: {text}\n\n"
+
+
+def error_event(status: int, message: Message) -> str:
+    """An error inside a stream, then the end: OpenAI's SDK raises APIError on a `data: {"error": …}`."""
+    return sse(bytes(error_response(status, message).body).decode("utf-8")) + sse("[DONE]")
