@@ -81,6 +81,67 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
     "page_label": ("第 {n} 页", "page {n}"),
     "interrupted": ("服务停止时任务未完成，已重新排队", "job interrupted by shutdown and re-queued"),
     "unexpected": ("内部错误：{reason}", "internal error: {reason}"),
+    # Chat bots (bots/core.py, shared by every platform)
+    "bot_help": (
+        "你好！我是图问。发一张照片（可以在说明里写上问题），我来回答；之后直接发文字，就能继续追问这张照片。"
+        "一次发几张照片，会一起回答。发送 /new 或「新对话」重新开始。",
+        "Hello! I am tuwen. Send a photo (put your question in its caption) and I will answer; then send text "
+        "to ask follow-up questions about it. Several photos sent together are answered together. Send /new "
+        "to start over.",
+    ),
+    "bot_need_photo": (
+        "请先发一张照片，再提问。",
+        "Please send a photo first, then ask about it.",
+    ),
+    "bot_new": ("好的，已开始新的对话。请发一张照片。", "OK, a new conversation. Send a photo."),
+    "bot_not_allowed": (
+        "抱歉，你没有使用权限（用户 ID：{user_id}，会话 ID：{chat_id}）。请把这两个 ID 告诉管理员。",
+        "Sorry, you may not use this bot (user id {user_id}, chat id {chat_id}). Give these ids to the admin.",
+    ),
+    "bot_rate_limited": (
+        "提问太频繁了（每分钟最多 {limit} 次），请 {seconds} 秒后再试。",
+        "Too many questions (at most {limit} a minute); try again in {seconds} s.",
+    ),
+    "bot_max_turns": (
+        "这张照片已经追问了 {n} 次，请发一张新照片，或发送 /new 重新开始。",
+        "You have asked {n} follow-up questions about this photo; send a new photo or /new to start over.",
+    ),
+    "bot_busy": (
+        "现在排队的问题太多，请过一会儿再试。",
+        "Too many questions are waiting right now; please try again in a little while.",
+    ),
+    "bot_model_down": (
+        "模型暂时不可用，请稍后再试。",
+        "The model is not available right now; please try again later.",
+    ),
+    "bot_timeout": (
+        "等了 {seconds} 秒还没有回答，请稍后再问一次。",
+        "No answer after {seconds} s; please ask again later.",
+    ),
+    "bot_failed": ("抱歉，没能回答：{reason}", "Sorry, I could not answer: {reason}"),
+    "bot_empty_answer": ("（模型没有给出回答）", "(the model gave no answer)"),
+    "bot_file_too_large": (
+        "文件太大（{size_mb} MB），最多只能接收 {limit_mb} MB。请以照片方式发送，或先压缩。",
+        "The file is too large ({size_mb} MB); the limit is {limit_mb} MB. Send it as a photo or shrink it.",
+    ),
+    "bot_not_image": (
+        "这个文件不是图片，请发送照片或图片文件。",
+        "This file is not an image; please send a photo or an image file.",
+    ),
+    "bot_download_failed": (
+        "无法下载这张图片，请重新发送。",
+        "Could not download the image; please send it again.",
+    ),
+    "bot_auth_failed": (
+        "{platform} 机器人的凭据被拒绝（{reason}），已停用该机器人，服务其余部分照常运行。请检查配置",
+        "{platform} bot credentials were rejected ({reason}); the bot is disabled, the rest of the service "
+        "runs on. Check the configuration",
+    ),
+    "bot_unavailable": (
+        "无法连接 {platform}：{reason}。将自动重试",
+        "cannot reach {platform}: {reason}. Will keep retrying",
+    ),
+    "bot_recovered": ("已重新连接 {platform}", "{platform} reachable again"),
     # Config
     "config_invalid": ("配置文件有误：{path}", "invalid configuration: {path}"),
     "config_missing": ("找不到配置文件：{path}", "configuration file not found: {path}"),

@@ -44,6 +44,10 @@ class JobQueue:
         self._interactive: set[str] = set()
         self._lock = threading.Lock()
         self.accepting = True
+        # Whether a model worker can (soon) answer. The worker installs its own check here, so a source
+        # that holds only the queue (a chat bot) can tell a user at once that the model is down instead
+        # of leaving them to wait for a timeout.
+        self.worker_available: Callable[[], bool] = lambda: True
 
     def submit(self, event: Event, *, dedup: bool = False, on_text: TextListener | None = None) -> Job:
         """Persist `event` as a queued job and wake the worker. Returns the new row.
@@ -91,8 +95,11 @@ class JobQueue:
             if future is None:
                 future = self._futures[uid] = Future()
         job = self.store.get_by_uid(uid)
-        if job is not None and job.status in (JobStatus.DONE, JobStatus.FAILED) and not future.done():
-            future.set_result(job)
+        if job is not None and job.status in (JobStatus.DONE, JobStatus.FAILED):
+            with self._lock:  # finished before anyone asked: nothing will pop this future later
+                self._futures.pop(uid, None)
+            if not future.done():
+                future.set_result(job)
         return future
 
     def interactive_waiting(self) -> int:
