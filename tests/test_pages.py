@@ -25,6 +25,8 @@ from tests.render import render_text_image
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
+# Answers come from real OCR on 2 shared cores; on a loaded CI machine one can take several seconds.
+expect.set_options(timeout=30_000)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
