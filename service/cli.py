@@ -38,6 +38,18 @@ def main(argv: list[str] | None = None) -> int:
         _print_config_error(exc)
         return 2
     secrets = [config.openai.api_key.get_secret_value(), config.http.api_key.get_secret_value()]
+    # Chat bot credentials too: a library's error text (a URL with the Telegram token in it) must not leak.
+    secrets += [
+        secret.get_secret_value()
+        for secret in (
+            config.telegram.token,
+            config.telegram.webhook_secret,
+            config.wecom.secret,
+            config.wecom.token,
+            config.wecom.encoding_aes_key,
+            config.wechat.token,
+        )
+    ]
     setup_logging(getattr(args, "log_level", None) or config.logging.level, secrets)
     handler = {"serve": _serve, "ask": _ask, "batch": _batch, "jobs": _jobs, "links": _links}[args.command]
     return int(handler(config, args))

@@ -142,6 +142,25 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
         "cannot reach {platform}: {reason}. Will keep retrying",
     ),
     "bot_recovered": ("已重新连接 {platform}", "{platform} reachable again"),
+    "bot_disabled": (
+        "{platform} 机器人已停用：{reason}。服务其余部分照常运行",
+        "{platform} bot disabled: {reason}. The rest of the service runs on",
+    ),
+    # WeCom (bots/wecom.py)
+    "wecom_not_configured": (
+        "企业微信配置不完整：{reason}。请在 [wecom] 中填写 corp_id、agent_id、secret、token 和 encoding_aes_key（43 个字符）",
+        "WeCom is not fully configured: {reason}. Set corp_id, agent_id, secret, token and encoding_aes_key (43 characters) in [wecom]",
+    ),
+    "wecom_callback_refused": ("已拒绝企业微信回调：{reason}", "WeCom callback refused: {reason}"),
+    # WeChat (bots/wechat.py)
+    "wechat_not_installed": (
+        "微信机器人无法启动：未能加载 python-wechaty（{reason}）。请安装可选组件：pip install 'tuwen[wechat]'（在源码目录中为 pip install '.[wechat]'），并准备一个 wechaty puppet-service 网关。服务其余部分照常运行",
+        "WeChat bot not started: python-wechaty could not be loaded ({reason}). Install the optional extra: pip install 'tuwen[wechat]' (from a checkout: pip install '.[wechat]') and run a wechaty puppet-service gateway. The rest of the service runs on",
+    ),
+    "wechat_not_configured": (
+        "微信机器人未启动：{reason}。请在 [wechat] 中填写 wechaty 网关的 endpoint（host:port）和/或 token",
+        "WeChat bot not started: {reason}. Set the wechaty gateway's endpoint (host:port) and/or token in [wechat]",
+    ),
     # Config
     "config_invalid": ("配置文件有误：{path}", "invalid configuration: {path}"),
     "config_missing": ("找不到配置文件：{path}", "configuration file not found: {path}"),

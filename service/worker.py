@@ -73,6 +73,7 @@ class ModelWorker:
         self._thread: threading.Thread | None = None
         self._ocr_engine: object | None = None
         self.jobs_done = 0
+        queue.worker_available = self.available
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -101,6 +102,11 @@ class ModelWorker:
     def alive(self) -> bool:
         """Whether the worker can answer (model loaded and thread running)."""
         return self.state == "ready" and self._thread is not None and self._thread.is_alive()
+
+    def available(self) -> bool:
+        """Whether queued jobs can still be answered: running, or still loading the model."""
+        thread_ok = self._thread is None or self._thread.is_alive()
+        return self.state in ("starting", "loading", "ready") and thread_ok
 
     def wait_ready(self, timeout: float) -> bool:
         """Block until the model is loaded (True) or failed/timeout (False)."""

@@ -1,0 +1,395 @@
+"""The Telegram adapter (aiogram 3): translate updates into `IncomingMessage`s and send the core's replies.
+
+The bot runs in its own thread with its own asyncio event loop, so nothing Telegram does (a slow download,
+a network outage, a hung long poll) can block or stop the service's loop. Long polling is the default; with
+`mode = "webhook"` the service's HTTP server receives updates on `POST /telegram/webhook` (see
+`http_router`) and hands them to this loop.
+
+Failures follow the house rules: a rejected token (getMe 401, or a token that is not even token-shaped)
+disables the adapter and says so once, bilingually; network trouble is retried with backoff while the rest
+of the service runs, logged once when it starts and once when it ends. The token is never logged: aiogram's
+loggers stay at WARNING (at DEBUG they log request URLs, which contain the token) and a filter blanks the
+token out of anything they log anyway.
+
+Telegram specifics kept here, not in the core: photos (largest size) and image documents are accepted up to
+`max_file_mb` (checked from the size Telegram reports *before* downloading, as bots cannot fetch files over
+20 MB); an album (`media_group_id`) arrives as separate messages and is collected for `ALBUM_WINDOW_SECONDS`
+before becoming one question; in groups only messages that mention the bot or reply to it are answered;
+answers are replies to the user's message, split at 4096 UTF-16 code units, with "typing…" kept alive
+while the model works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import re
+import secrets
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from aiogram import Bot, Dispatcher
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramNetworkError,
+    TelegramNotFound,
+    TelegramRetryAfter,
+    TelegramServerError,
+    TelegramUnauthorizedError,
+)
+from aiogram.types import Message, User
+from aiogram.utils.backoff import BackoffConfig
+from aiogram.utils.chat_action import ChatActionSender
+from aiogram.utils.token import TokenValidationError
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from bots.core import ChatCore, IncomingMessage, utf16_length
+from bots.telegram_io import RedactToken, download_image, send_replies
+from service.config import Config
+from service.messages import msg
+from service.queue import JobQueue
+
+log = logging.getLogger("tuwen.bots.telegram")
+
+PLATFORM = "telegram"
+TEXT_LIMIT = 4096  # Telegram's message limit, in UTF-16 code units
+ALBUM_WINDOW_SECONDS = 1.0  # an album's parts arrive as separate updates within about a second
+STOP_TIMEOUT_SECONDS = 5.0
+WEBHOOK_PATH = "/telegram/webhook"
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+AIOGRAM_LOGGERS = ("aiogram", "aiogram.dispatcher", "aiogram.event", "aiogram.middlewares", "aiogram.webhook")
+# aiogram retries a failed getUpdates forever; this only spaces the retries out (and its log lines).
+POLL_BACKOFF = BackoffConfig(min_delay=1.0, max_delay=60.0, factor=2.0, jitter=0.1)
+GROUP_TYPES = {"group", "supergroup"}
+
+
+@dataclass
+class _Album:
+    """The parts of one album seen so far."""
+
+    parts: list[tuple[Message, IncomingMessage]] = field(default_factory=list)
+    touched: float = 0.0
+
+
+class TelegramBot:
+    """A `Source`: a Telegram bot answering questions about photos through the shared `ChatCore`."""
+
+    name = PLATFORM
+
+    def __init__(
+        self, config: Config, queue: JobQueue, *, album_window: float = ALBUM_WINDOW_SECONDS
+    ) -> None:
+        self.config = config
+        self.settings = config.telegram
+        self.core = ChatCore(
+            PLATFORM, self.settings, queue, config, max_message_chars=TEXT_LIMIT, length=utf16_length
+        )
+        self.album_window = album_window
+        self.disabled = False
+        self.ready = threading.Event()  # set once the bot is connected and receiving updates
+        self._token = self.settings.token.get_secret_value().strip()
+        # Without a configured secret, a random one per run still keeps strangers from posting fake
+        # updates: we hand it to Telegram ourselves in setWebhook.
+        self._webhook_secret = self.settings.webhook_secret.get_secret_value() or secrets.token_urlsafe(32)
+        self._redactor = RedactToken(self._token)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping: asyncio.Event | None = None
+        self._bot: Bot | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._me: User | None = None
+        self._albums: dict[tuple[int, str], _Album] = {}
+        self.http_router = self._build_router() if self.settings.mode == "webhook" else None
+
+    # -- Source ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the bot's thread and event loop; returns at once."""
+        for name in AIOGRAM_LOGGERS:
+            logger = logging.getLogger(name)
+            logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+            logger.addFilter(self._redactor)
+        if not self._token:
+            self._disable("no token configured ([telegram] token or TUWEN_TELEGRAM__TOKEN)", auth=False)
+            return
+        if self.settings.mode == "webhook" and not self.settings.webhook_url.startswith("https://"):
+            # An empty URL in setWebhook would silently *remove* the webhook; Telegram insists on https.
+            self._disable("webhook mode needs [telegram] webhook_url, an https:// URL", auth=False)
+            return
+        self._loop = asyncio.new_event_loop()
+        self._stopping = asyncio.Event()
+        self._thread = threading.Thread(target=self._thread_main, name="tuwen-telegram", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop polling, cancel handlers still waiting (their jobs stay recorded) and close the session."""
+        loop, stopping, thread = self._loop, self._stopping, self._thread
+        if loop is not None and stopping is not None and thread is not None and thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # the loop may have closed meanwhile
+                loop.call_soon_threadsafe(stopping.set)
+            thread.join(STOP_TIMEOUT_SECONDS)
+            if thread.is_alive():
+                log.warning("the Telegram bot did not stop within %.0f s", STOP_TIMEOUT_SECONDS)
+        for name in AIOGRAM_LOGGERS:
+            logging.getLogger(name).removeFilter(self._redactor)
+        self.ready.clear()
+
+    # -- the bot's own loop ----------------------------------------------------------------------
+
+    def _thread_main(self) -> None:
+        assert self._loop is not None
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._main())
+        except Exception:
+            log.exception("the Telegram bot stopped unexpectedly; the rest of the service runs on")
+        finally:
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
+
+    async def _main(self) -> None:
+        assert self._stopping is not None
+        try:
+            api = TelegramAPIServer.from_base(self.settings.api_base)
+            bot = Bot(self._token, session=AiohttpSession(api=api))
+        except TokenValidationError:
+            self._disable("the token is not shaped like a Telegram bot token")
+            return
+        dispatcher = Dispatcher()
+        dispatcher.message.register(self._on_message)
+        self._bot, self._dispatcher = bot, dispatcher
+        runner = asyncio.create_task(self._run(bot, dispatcher))
+        stopper = asyncio.create_task(self._stopping.wait())
+        await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if runner.done() and not runner.cancelled() and runner.exception() is not None:
+            log.error("the Telegram bot failed: %s", self._redactor.redact(repr(runner.exception())))
+        with contextlib.suppress(RuntimeError, TimeoutError):  # RuntimeError: polling had not started
+            await asyncio.wait_for(dispatcher.stop_polling(), STOP_TIMEOUT_SECONDS / 2)
+        # Whatever is left (the connect loop, handlers waiting for answers, album timers) is cancelled: the
+        # jobs stay in the queue and are answered and recorded; only the chat reply is lost.
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.wait(others, timeout=STOP_TIMEOUT_SECONDS / 2) if others else None
+        await bot.session.close()
+
+    async def _run(self, bot: Bot, dispatcher: Dispatcher) -> None:
+        me = await self._connect(bot, dispatcher)
+        if me is None:
+            return
+        self._me = me
+        self.ready.set()
+        if self.settings.mode == "webhook":
+            log.info("Telegram bot @%s receives updates at %s", me.username, WEBHOOK_PATH)
+            assert self._stopping is not None
+            await self._stopping.wait()  # updates arrive through `http_router` until the stop
+            return
+        log.info("Telegram bot @%s is polling for messages", me.username)
+        await dispatcher.start_polling(
+            bot,
+            handle_signals=False,
+            close_bot_session=False,
+            polling_timeout=30,
+            backoff_config=POLL_BACKOFF,
+        )
+
+    async def _connect(self, bot: Bot, dispatcher: Dispatcher) -> User | None:
+        """getMe and (un)set the webhook, retrying network trouble; None when the token is refused."""
+        delay, warned = 1.0, False
+        while True:
+            try:
+                me = await bot.me()  # cached: start_polling asks again, outside any retry
+                if self.settings.mode == "webhook":
+                    await bot.set_webhook(
+                        url=self.settings.webhook_url,
+                        secret_token=self._webhook_secret,
+                        allowed_updates=dispatcher.resolve_used_update_types(),
+                    )
+                else:
+                    # A webhook left from an earlier run would make every getUpdates fail with 409.
+                    await bot.delete_webhook(drop_pending_updates=False)
+            except (TelegramUnauthorizedError, TelegramNotFound) as exc:
+                self._disable(self._redactor.redact(f"{type(exc).__name__}: {exc.message}"))
+                return None
+            except (
+                TelegramNetworkError,
+                TelegramServerError,
+                TelegramRetryAfter,
+                TimeoutError,
+                OSError,
+            ) as exc:
+                if not warned:
+                    reason = self._redactor.redact(f"{type(exc).__name__}: {exc}")
+                    log.warning("%s", msg("bot_unavailable", platform="Telegram", reason=reason))
+                    warned = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+                continue
+            except TelegramAPIError as exc:  # e.g. setWebhook refusing a non-https URL: a config problem
+                self._disable(self._redactor.redact(f"{type(exc).__name__}: {exc.message}"))
+                return None
+            if warned:
+                log.info("%s", msg("bot_recovered", platform="Telegram"))
+            return me
+
+    def _disable(self, reason: str, *, auth: bool = True) -> None:
+        self.disabled = True
+        log.error(
+            "%s", msg("bot_auth_failed" if auth else "bot_disabled", platform="Telegram", reason=reason)
+        )
+
+    # -- messages --------------------------------------------------------------------------------
+
+    async def _on_message(self, message: Message, bot: Bot) -> None:
+        """aiogram's handler for every message update (each runs as its own task)."""
+        try:
+            await self._handle(message, bot)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug here must cost one reply, never the bot
+            log.exception(
+                "Telegram: handling message %s in chat %s failed", message.message_id, message.chat.id
+            )
+            with contextlib.suppress(Exception):
+                incoming = self._translate(message)
+                reply = self.core.say(msg("unexpected", reason="see the service log"), incoming.lang)
+                await send_replies(bot, message, reply)
+
+    async def _handle(self, message: Message, bot: Bot) -> None:
+        user = message.from_user
+        if user is None or user.is_bot:
+            return
+        incoming = self._translate(message)
+        if message.media_group_id:
+            await self._album_part(message, incoming, bot)
+            return
+        refusal = self.core.gate(incoming)
+        if refusal is not None:
+            await send_replies(bot, message, refusal)
+            return
+        async with self._typing(bot, message):
+            image = await download_image(bot, message, self.core, self.settings.max_file_mb, incoming.lang)
+            if isinstance(image, list):  # a refusal (too large, not an image, download failed)
+                replies = image
+            else:
+                replies = await self.core.handle(replace(incoming, images=(image,) if image else ()))
+        await send_replies(bot, message, replies)
+
+    async def _album_part(self, message: Message, incoming: IncomingMessage, bot: Bot) -> None:
+        """Collect an album's parts; the first part's task waits for the rest and asks once."""
+        loop = asyncio.get_running_loop()
+        key = (message.chat.id, str(message.media_group_id))
+        album = self._albums.get(key)
+        first = album is None
+        if album is None:
+            album = self._albums[key] = _Album()
+        album.parts.append((message, incoming))
+        album.touched = loop.time()
+        if not first:
+            return
+        while (quiet := loop.time() - album.touched) < self.album_window:
+            await asyncio.sleep(self.album_window - quiet)
+        del self._albums[key]
+        # The caption (and the mention, in a group) is on one part only: judge the album as a whole.
+        anchor = next((m for m, i in album.parts if i.text.strip()), album.parts[0][0])
+        combined = replace(incoming, addressed=any(i.addressed for _, i in album.parts))
+        refusal = self.core.gate(combined)
+        if refusal is not None:
+            await send_replies(bot, anchor, refusal)
+            return
+        async with self._typing(bot, anchor):
+            images: list[IncomingMessage] = []
+            problems: list[str] = []
+            for part, part_incoming in album.parts:
+                image = await download_image(bot, part, self.core, self.settings.max_file_mb, incoming.lang)
+                if isinstance(image, list):
+                    problems += [text for text in image if text not in problems]
+                elif image is not None:
+                    images.append(replace(part_incoming, images=(image,), addressed=True))
+            replies = await self.core.handle_album(images) if images else []
+        await send_replies(bot, anchor, problems + replies)
+
+    def _typing(self, bot: Bot, message: Message) -> ChatActionSender:
+        thread = message.message_thread_id if message.is_topic_message else None
+        return ChatActionSender.typing(bot=bot, chat_id=message.chat.id, message_thread_id=thread)
+
+    def _translate(self, message: Message) -> IncomingMessage:
+        """The platform-neutral view of a message (without its image, which is fetched only if allowed)."""
+        user = message.from_user
+        assert user is not None
+        is_group = message.chat.type in GROUP_TYPES
+        text = message.text or message.caption or ""
+        code = (user.language_code or "").lower()
+        # Chinese unless the user's Telegram is set to another language: tuwen's users are Chinese first.
+        lang = "zh" if not code or code.startswith("zh") else "en"
+        return IncomingMessage(
+            platform=PLATFORM,
+            chat_id=str(message.chat.id),
+            user_id=str(user.id),
+            text=self._strip_mention(text),
+            is_group=is_group,
+            addressed=not is_group or self._addressed(message, text),
+            lang=lang,
+            message_id=str(message.message_id),
+        )
+
+    def _addressed(self, message: Message, text: str) -> bool:
+        """In a group: whether the message mentions the bot or replies to one of its messages."""
+        me = self._me
+        if me is None:
+            return False
+        replied = message.reply_to_message
+        if replied is not None and replied.from_user is not None and replied.from_user.id == me.id:
+            return True
+        handle = f"@{me.username or ''}".lower()
+        for entity in message.entities or message.caption_entities or []:
+            if entity.type == "text_mention" and entity.user is not None and entity.user.id == me.id:
+                return True
+            if entity.type == "mention" and entity.extract_from(text).lower() == handle:
+                return True
+            if entity.type == "bot_command" and entity.extract_from(text).lower().endswith(handle):
+                return True
+        return False
+
+    def _strip_mention(self, text: str) -> str:
+        if self._me is None or not self._me.username:
+            return text
+        # "/help@tuwen_bot" keeps its command; "@tuwen_bot 这是什么" loses the mention.
+        pattern = rf"(?<![/\w])@{re.escape(self._me.username)}\b"
+        return re.sub(pattern, "", text, flags=re.IGNORECASE).strip()
+
+    # -- webhook ---------------------------------------------------------------------------------
+
+    def _build_router(self) -> APIRouter:
+        """`POST /telegram/webhook`: check Telegram's secret header, hand the update to the bot's loop."""
+        router = APIRouter()
+
+        @router.post(WEBHOOK_PATH, include_in_schema=False)
+        async def telegram_webhook(request: Request) -> JSONResponse:
+            given = request.headers.get(SECRET_HEADER, "")
+            if not hmac.compare_digest(given.encode(), self._webhook_secret.encode()):
+                return JSONResponse({"ok": False}, status_code=401)
+            loop, bot, dispatcher = self._loop, self._bot, self._dispatcher
+            if loop is None or bot is None or dispatcher is None or not self.ready.is_set():
+                return JSONResponse({"ok": False}, status_code=503)  # Telegram retries later
+            try:
+                update = await request.json()
+            except ValueError:
+                return JSONResponse({"ok": False}, status_code=400)
+            # Answer Telegram at once; the update is handled (minutes, maybe) on the bot's own loop.
+            asyncio.run_coroutine_threadsafe(self._feed(bot, dispatcher, update), loop)
+            return JSONResponse({"ok": True})
+
+        return router
+
+    async def _feed(self, bot: Bot, dispatcher: Dispatcher, update: dict[str, Any]) -> None:
+        try:
+            await dispatcher.feed_raw_update(bot, update)
+        except Exception:
+            log.exception("Telegram: a webhook update could not be handled")

@@ -1,0 +1,130 @@
+"""Telegram file downloads, replies and log redaction, kept apart from the adapter's control flow."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiogram import Bot
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramBadRequest,
+    TelegramNetworkError,
+    TelegramRetryAfter,
+    TelegramServerError,
+)
+from aiogram.types import Message, ReplyParameters
+
+from bots.core import ChatCore
+from service.messages import msg
+
+log = logging.getLogger("tuwen.bots.telegram")
+
+SEND_ATTEMPTS = 4
+DOWNLOAD_TIMEOUT_SECONDS = 60
+MB = 1024 * 1024
+
+
+class RedactToken(logging.Filter):
+    """Blanks the bot token out of log records (aiogram's URLs and errors can carry it)."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self.token = token
+
+    def redact(self, text: str) -> str:
+        """`text` with the token replaced by `***`."""
+        return text.replace(self.token, "***") if self.token else text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record in place when its text or traceback contains the token; never drops it."""
+        if not self.token:
+            return True
+        text = record.getMessage()
+        if self.token in text:
+            record.msg, record.args = self.redact(text), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        return True
+
+
+async def download_image(
+    bot: Bot, message: Message, core: ChatCore, max_file_mb: float, lang: str
+) -> bytes | list[str] | None:
+    """The message's image bytes; a refusal to reply with; or None when the message carries no image.
+
+    Photos come in several sizes: the largest is taken. Documents are accepted when Telegram says they are
+    images (uncompressed scans are usually sent that way). The size Telegram reports is checked before
+    anything is downloaded.
+    """
+    limit = int(max_file_mb * MB)
+    if message.photo:
+        photo = max(message.photo, key=lambda size: size.width * size.height)
+        file_id, size = photo.file_id, photo.file_size
+    elif message.document is not None:
+        if not (message.document.mime_type or "").lower().startswith("image/"):
+            return core.say(msg("bot_not_image"), lang)
+        file_id, size = message.document.file_id, message.document.file_size
+    else:
+        return None
+    if size and size > limit:
+        return _too_large(core, size, max_file_mb, lang)
+    try:
+        file = await bot.get_file(file_id)
+        if file.file_size and file.file_size > limit:
+            return _too_large(core, file.file_size, max_file_mb, lang)
+        if not file.file_path:
+            return core.say(msg("bot_download_failed"), lang)
+        buffer = await bot.download_file(file.file_path, timeout=DOWNLOAD_TIMEOUT_SECONDS)
+    except TelegramBadRequest as exc:
+        if "too big" in exc.message.lower():  # Telegram's own refusal of files over 20 MB
+            return _too_large(core, size or limit + 1, max_file_mb, lang)
+        log.warning("Telegram: getFile refused for chat %s: %s", message.chat.id, exc.message)
+        return core.say(msg("bot_download_failed"), lang)
+    except (TelegramAPIError, TimeoutError, OSError) as exc:
+        log.warning("Telegram: download failed for chat %s: %s", message.chat.id, type(exc).__name__)
+        return core.say(msg("bot_download_failed"), lang)
+    if buffer is None:
+        return core.say(msg("bot_download_failed"), lang)
+    data = buffer.read()
+    if len(data) > limit:
+        return _too_large(core, len(data), max_file_mb, lang)
+    return data
+
+
+def _too_large(core: ChatCore, size: int, max_file_mb: float, lang: str) -> list[str]:
+    message = msg("bot_file_too_large", size_mb=f"{size / MB:.1f}", limit_mb=f"{max_file_mb:g}")
+    return core.say(message, lang)
+
+
+async def send_replies(bot: Bot, message: Message, texts: list[str]) -> None:
+    """Send each text as a reply to `message`, waiting out flood limits and retrying network errors."""
+    thread = message.message_thread_id if message.is_topic_message else None
+    for text in texts:
+        for attempt in range(SEND_ATTEMPTS):
+            try:
+                await bot.send_message(
+                    chat_id=message.chat.id,
+                    text=text,
+                    message_thread_id=thread,
+                    # The user's message may have been deleted meanwhile; the answer still matters.
+                    reply_parameters=ReplyParameters(
+                        message_id=message.message_id, allow_sending_without_reply=True
+                    ),
+                )
+                break
+            except TelegramRetryAfter as exc:  # 429: Telegram says how long to wait
+                await asyncio.sleep(exc.retry_after)
+            except (TelegramNetworkError, TelegramServerError) as exc:
+                log.warning(
+                    "Telegram: sending to chat %s failed (%s); retrying", message.chat.id, exc.message
+                )
+                await asyncio.sleep(2**attempt)
+            except TelegramAPIError as exc:  # blocked by the user, chat gone: nothing to retry
+                log.warning("Telegram: cannot reply in chat %s: %s", message.chat.id, exc.message)
+                return
+        else:
+            log.warning("Telegram: gave up replying in chat %s", message.chat.id)
+            return
