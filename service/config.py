@@ -191,6 +191,62 @@ class WeComConfig(BotConfig):
     callback_path: str = "/wecom/callback"
 
 
+class ReportConfig(Strict):
+    """One `[[report]]`: a summary of what the service did, on a timetable, to disk and to chats."""
+
+    name: str
+    schedule: str = "0 18 * * *"
+    timezone: str = "Asia/Shanghai"
+    period: Literal["day", "week", "month"] = "day"
+    sources: list[str] = Field(default_factory=list)
+    watches: list[str] = Field(default_factory=list)
+    outputs: list[Literal["markdown", "html", "csv", "png"]] = Field(
+        default_factory=lambda: ["markdown", "html", "csv", "png"]
+    )
+    telegram_chat_ids: list[str] = Field(default_factory=list)
+    wecom_users: list[str] = Field(default_factory=list)
+    wechat_contacts: list[str] = Field(default_factory=list)
+    folder: Path | None = None
+    base_url: str = ""
+    grace_minutes: float = Field(720.0, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        # The name becomes a folder under data_dir/reports: no separators, no dot-dot, nothing hidden.
+        forbidden = '/\\:*?"<>|'
+        if not value or value.startswith(".") or value != value.strip() or any(ch in value for ch in forbidden):
+            raise ValueError("must be a plain folder name (letters, digits, Chinese, - or _)")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(f"is not a valid cron schedule (minute hour day month weekday): {exc}") from exc
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError("is not a known timezone (e.g. Asia/Shanghai, Europe/Berlin, UTC)") from exc
+        return value
+
+    @field_validator("telegram_chat_ids", "wecom_users", "wechat_contacts", mode="before")
+    @classmethod
+    def _ids_as_text(cls, value: object) -> object:
+        return [str(item) for item in value] if isinstance(value, list) else value
+
+
 class WatchConfig(Strict):
     """One `[[watch]]` folder: its own prompt, patterns and output place."""
 
@@ -242,6 +298,7 @@ class Config(Strict):
     wechat: WeChatConfig = Field(default_factory=WeChatConfig)
     wecom: WeComConfig = Field(default_factory=WeComConfig)
     watch: list[WatchConfig] = Field(default_factory=list)
+    report: list[ReportConfig] = Field(default_factory=list)
 
     @field_validator("watch")
     @classmethod
@@ -251,6 +308,15 @@ class Config(Strict):
         if duplicates:
             raise ValueError(f"two watches share the name {duplicates[0]!r}; give each a distinct name")
         return watches
+
+    @field_validator("report")
+    @classmethod
+    def _unique_report_names(cls, reports: list[ReportConfig]) -> list[ReportConfig]:
+        names = [r.name for r in reports]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"two reports share the name {duplicates[0]!r}; give each a distinct name")
+        return reports
 
     @property
     def db_path(self) -> Path:
@@ -309,6 +375,9 @@ def _resolve_relative_paths(config: Config, base_dir: Path) -> Config:
         return p if p.is_absolute() else (base_dir / p)
 
     config.storage.data_dir = absolute(config.storage.data_dir)
+    for report in config.report:
+        if report.folder is not None:
+            report.folder = absolute(report.folder)
     for watch in config.watch:
         watch.path = absolute(watch.path)
         if watch.output_dir is not None:

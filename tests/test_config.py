@@ -23,11 +23,11 @@ def _fields(model: type[BaseModel], prefix: str) -> list[tuple[str, str]]:
     out = []
     for name, field in model.model_fields.items():
         annotation = field.annotation
-        inner = getattr(annotation, "__args__", (None,))[0] if prefix == "" and name == "watch" else None
+        inner = getattr(annotation, "__args__", (None,))[0] if prefix == "" else None
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             out.extend(_fields(annotation, name))
         elif inner is not None and isinstance(inner, type) and issubclass(inner, BaseModel):
-            out.extend(_fields(inner, "watch"))
+            out.extend(_fields(inner, name))  # an array of tables: [[watch]], [[report]]
         else:
             out.append((prefix, name))
     return out
@@ -40,7 +40,7 @@ def _documented_keys(text: str) -> set[tuple[str, str]]:
     previous = ""
     for raw in text.splitlines():
         line = raw.strip()
-        header = re.match(r"^\[\[?([a-z_]+)\]\]?$", line)
+        header = re.match(r"^(?:#\s*)?\[\[?([a-z_]+)\]\]?$", line)
         if header:
             table = header.group(1)
         key = re.match(r"^#?\s*([a-z_]+)\s*=", line)
