@@ -215,7 +215,8 @@ class ReportConfig(Strict):
     def _safe_name(cls, value: str) -> str:
         # The name becomes a folder under data_dir/reports: no separators, no dot-dot, nothing hidden.
         forbidden = '/\\:*?"<>|'
-        if not value or value.startswith(".") or value != value.strip() or any(ch in value for ch in forbidden):
+        hidden_or_padded = value.startswith(".") or value != value.strip()
+        if not value or hidden_or_padded or any(ch in value for ch in forbidden):
             raise ValueError("must be a plain folder name (letters, digits, Chinese, - or _)")
         return value
 
