@@ -44,6 +44,11 @@ DEFAULT_IGNORE: tuple[str, ...] = (
 )
 
 
+def _ids_as_text(value: object) -> object:
+    # Telegram ids are numbers, WeChat/WeCom ids are strings: compare them all as text.
+    return [str(item) for item in value] if isinstance(value, list) else value
+
+
 class Strict(BaseModel):
     """Base for every table: unknown keys are errors, values are validated on assignment."""
 
@@ -153,11 +158,7 @@ class BotConfig(Strict):
     conversation_minutes: float = Field(30.0, gt=0)
     answer_timeout_seconds: float = Field(300.0, gt=0)
 
-    @field_validator("allowed_user_ids", "allowed_chat_ids", mode="before")
-    @classmethod
-    def _ids_as_text(cls, value: object) -> object:
-        # Telegram ids are numbers, WeChat ids are strings: compare them all as text.
-        return [str(item) for item in value] if isinstance(value, list) else value
+    _ids = field_validator("allowed_user_ids", "allowed_chat_ids", mode="before")(_ids_as_text)
 
 
 class TelegramConfig(BotConfig):
@@ -191,6 +192,10 @@ class WeComConfig(BotConfig):
     callback_path: str = "/wecom/callback"
 
 
+ReportOutput = Literal["markdown", "html", "csv", "png"]
+REPORT_OUTPUTS: tuple[ReportOutput, ...] = ("markdown", "html", "csv", "png")
+
+
 class ReportConfig(Strict):
     """One `[[report]]`: a summary of what the service did, on a timetable, to disk and to chats."""
 
@@ -200,9 +205,7 @@ class ReportConfig(Strict):
     period: Literal["day", "week", "month"] = "day"
     sources: list[str] = Field(default_factory=list)
     watches: list[str] = Field(default_factory=list)
-    outputs: list[Literal["markdown", "html", "csv", "png"]] = Field(
-        default_factory=lambda: ["markdown", "html", "csv", "png"]
-    )
+    outputs: list[ReportOutput] = Field(default_factory=lambda: list(REPORT_OUTPUTS))
     telegram_chat_ids: list[str] = Field(default_factory=list)
     wecom_users: list[str] = Field(default_factory=list)
     wechat_contacts: list[str] = Field(default_factory=list)
@@ -242,10 +245,7 @@ class ReportConfig(Strict):
             raise ValueError("is not a known timezone (e.g. Asia/Shanghai, Europe/Berlin, UTC)") from exc
         return value
 
-    @field_validator("telegram_chat_ids", "wecom_users", "wechat_contacts", mode="before")
-    @classmethod
-    def _ids_as_text(cls, value: object) -> object:
-        return [str(item) for item in value] if isinstance(value, list) else value
+    _ids = field_validator("telegram_chat_ids", "wecom_users", "wechat_contacts", mode="before")(_ids_as_text)
 
 
 class WatchConfig(Strict):
@@ -304,19 +304,13 @@ class Config(Strict):
     @field_validator("watch")
     @classmethod
     def _unique_watch_names(cls, watches: list[WatchConfig]) -> list[WatchConfig]:
-        keys = [w.key for w in watches]
-        duplicates = sorted({k for k in keys if keys.count(k) > 1})
-        if duplicates:
-            raise ValueError(f"two watches share the name {duplicates[0]!r}; give each a distinct name")
+        _refuse_duplicates("watches", [w.key for w in watches])
         return watches
 
     @field_validator("report")
     @classmethod
     def _unique_report_names(cls, reports: list[ReportConfig]) -> list[ReportConfig]:
-        names = [r.name for r in reports]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"two reports share the name {duplicates[0]!r}; give each a distinct name")
+        _refuse_duplicates("reports", [r.name for r in reports])
         return reports
 
     @property
@@ -327,6 +321,12 @@ class Config(Strict):
     def watch_by_key(self, key: str) -> WatchConfig | None:
         """The watch whose `key` is `key`, if any."""
         return next((w for w in self.watch if w.key == key), None)
+
+
+def _refuse_duplicates(what: str, names: list[str]) -> None:
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"two {what} share the name {duplicates[0]!r}; give each a distinct name")
 
 
 def default_config() -> Config:
