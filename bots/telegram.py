@@ -29,6 +29,7 @@ import re
 import secrets
 import threading
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from aiogram import Bot, Dispatcher
@@ -50,10 +51,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from bots.core import ChatCore, IncomingMessage, utf16_length
-from bots.telegram_io import RedactToken, download_image, send_replies
+from bots.telegram_io import RedactToken, download_image, send_replies, send_unprompted, wait_threadsafe
 from service.config import Config
 from service.messages import msg
 from service.queue import JobQueue
+from service.sources import NotifyError
 
 log = logging.getLogger("tuwen.bots.telegram")
 
@@ -61,6 +63,7 @@ PLATFORM = "telegram"
 TEXT_LIMIT = 4096  # Telegram's message limit, in UTF-16 code units
 ALBUM_WINDOW_SECONDS = 1.0  # an album's parts arrive as separate updates within about a second
 STOP_TIMEOUT_SECONDS = 5.0
+NOTIFY_TIMEOUT_SECONDS = 120.0  # a report's HTML page with its thumbnails can take a while to upload
 WEBHOOK_PATH = "/telegram/webhook"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 AIOGRAM_LOGGERS = ("aiogram", "aiogram.dispatcher", "aiogram.event", "aiogram.middlewares", "aiogram.webhook")
@@ -81,6 +84,8 @@ class TelegramBot:
     """A `Source`: a Telegram bot answering questions about photos through the shared `ChatCore`."""
 
     name = PLATFORM
+    platform = PLATFORM  # a `service.sources.Notifier`: scheduled reports are sent through `notify`
+    attachments = frozenset({"image", "document"})
 
     def __init__(
         self, config: Config, queue: JobQueue, *, album_window: float = ALBUM_WINDOW_SECONDS
@@ -139,6 +144,16 @@ class TelegramBot:
         for name in AIOGRAM_LOGGERS:
             logging.getLogger(name).removeFilter(self._redactor)
         self.ready.clear()
+
+    def notify(
+        self, recipient: str, text: str, *, image: Path | None = None, document: Path | None = None
+    ) -> None:
+        """Send a report to chat `recipient` on the bot's own loop; blocks; raises `NotifyError`."""
+        loop, bot = self._loop, self._bot
+        if self.disabled or loop is None or bot is None or not self.ready.is_set():
+            raise NotifyError("the Telegram bot is not connected", permanent=self.disabled)
+        sending = send_unprompted(bot, recipient, text, image, document, TEXT_LIMIT)
+        wait_threadsafe(loop, sending, self._redactor, NOTIFY_TIMEOUT_SECONDS)
 
     # -- the bot's own loop ----------------------------------------------------------------------
 

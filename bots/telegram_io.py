@@ -1,22 +1,28 @@
-"""Telegram file downloads, replies and log redaction, kept apart from the adapter's control flow."""
+"""Telegram downloads, replies, unprompted sends (reports) and log redaction, apart from the control flow."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
 
 from aiogram import Bot
 from aiogram.exceptions import (
     TelegramAPIError,
     TelegramBadRequest,
+    TelegramForbiddenError,
     TelegramNetworkError,
+    TelegramNotFound,
     TelegramRetryAfter,
     TelegramServerError,
 )
-from aiogram.types import Message, ReplyParameters
+from aiogram.types import FSInputFile, Message, ReplyParameters
 
-from bots.core import ChatCore
+from bots.core import ChatCore, split_message, utf16_length
 from service.messages import msg
+from service.sources import NotifyError
 
 log = logging.getLogger("tuwen.bots.telegram")
 
@@ -128,3 +134,52 @@ async def send_replies(bot: Bot, message: Message, texts: list[str]) -> None:
         else:
             log.warning("Telegram: gave up replying in chat %s", message.chat.id)
             return
+
+
+async def send_unprompted(
+    bot: Bot, recipient: str, text: str, image: Path | None, document: Path | None, limit: int
+) -> None:
+    """Send text (split at `limit`), then a photo, then a document to a chat; raises on failure.
+
+    For scheduled reports: nobody asked, so nothing is replied to. Flood limits (429) are waited out here;
+    every other error is the caller's to retry or report. `recipient` is a chat id or an @channel name.
+    """
+    chat_id: int | str = int(recipient) if recipient.lstrip("-").isdigit() else recipient
+    calls: list[Callable[[], Awaitable[Any]]] = [
+        lambda part=part: bot.send_message(chat_id=chat_id, text=part)  # type: ignore[misc]
+        for part in (split_message(text, limit, utf16_length) if text else [])
+    ]
+    if image is not None:
+        calls.append(lambda: bot.send_photo(chat_id=chat_id, photo=FSInputFile(image)))
+    if document is not None:
+        calls.append(lambda: bot.send_document(chat_id=chat_id, document=FSInputFile(document)))
+    for call in calls:
+        for attempt in range(SEND_ATTEMPTS):
+            try:
+                await call()
+                break
+            except TelegramRetryAfter as exc:
+                if attempt == SEND_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(exc.retry_after)
+
+
+def wait_threadsafe(
+    loop: asyncio.AbstractEventLoop, sending: Coroutine[Any, Any, None], redactor: RedactToken, timeout: float
+) -> None:
+    """Run `sending` on the bot's loop from another thread and wait; failures become `NotifyError`."""
+    try:
+        future = asyncio.run_coroutine_threadsafe(sending, loop)
+    except RuntimeError as exc:  # the loop closed meanwhile: the bot is stopping
+        sending.close()
+        raise NotifyError(f"the Telegram bot is stopping ({exc})") from None
+    try:
+        future.result(timeout)
+    except (TelegramBadRequest, TelegramForbiddenError, TelegramNotFound) as exc:
+        # Unknown chat, bot blocked or never started by that user: retrying cannot help.
+        raise NotifyError(redactor.redact(exc.message), permanent=True) from None
+    except TimeoutError:
+        future.cancel()
+        raise NotifyError(f"no answer from Telegram within {timeout:.0f} s") from None
+    except Exception as exc:  # `from None`: a chained aiogram error can carry the token in its URL
+        raise NotifyError(redactor.redact(f"{type(exc).__name__}: {exc}")) from None

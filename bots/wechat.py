@@ -12,7 +12,9 @@ The pipe protocol (one duplex `multiprocessing.Pipe`, tuples of plain picklable 
 
     child -> parent  ("state", {"state": "online" | "unavailable" | "fatal", "reason": str, "retry_in": s})
                      ("message", request_id: int, fields: dict)   # IncomingMessage fields but platform, lang
+                     ("said", say_id: int, error: str)            # "" = sent
     parent -> child  ("reply", request_id, texts: list[str])        # [] = stay silent
+                     ("say", say_id: int, contact_or_room_id: str, text: str)   # unprompted (reports)
                      ("stop",)
 
 The conversation logic stays here, in `bots.core.ChatCore`, next to the queue; the child only translates.
@@ -28,6 +30,7 @@ import asyncio
 import contextlib
 import dataclasses
 import importlib.util
+import itertools
 import logging
 import multiprocessing
 import os
@@ -35,13 +38,15 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from bots.core import ChatCore, IncomingMessage
+from bots.core import ChatCore, IncomingMessage, split_message
 from bots.wechat_child import INITIAL_RETRY_SECONDS, ChildSettings, run_child
 from service.config import Config
 from service.messages import msg
 from service.queue import JobQueue
+from service.sources import NotifyError
 
 log = logging.getLogger("tuwen.bots.wechat")
 
@@ -51,6 +56,7 @@ MAX_MESSAGE_CHARS = 1800
 # Photos kept per sender in a group while waiting for the mention that asks about them.
 MAX_GROUP_PHOTOS = 9
 CHILD_STOP_SECONDS = 2.0
+SAY_TIMEOUT_SECONDS = 60.0
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _LATIN = re.compile(r"[A-Za-z]")
 
@@ -70,6 +76,8 @@ class WeChatBot:
     """The `[wechat]` source: supervises the wechaty process and answers its messages with `ChatCore`."""
 
     name = "wechat"
+    platform = "wechat"  # a `service.sources.Notifier`: reports are sent as text (the bridge sends no files)
+    attachments: frozenset[str] = frozenset()
 
     def __init__(self, config: Config, queue: JobQueue, *, puppet_factory: str | None = None) -> None:
         self.config = config
@@ -88,6 +96,8 @@ class WeChatBot:
         self._wake: asyncio.Event | None = None
         self._conn: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._say_ids = itertools.count(1)
+        self._said: dict[int, asyncio.Future[str]] = {}
 
     # -- Source ----------------------------------------------------------------------------------------
 
@@ -124,6 +134,37 @@ class WeChatBot:
             if self._thread.is_alive():
                 log.warning("WeChat bridge did not stop in time; leaving it to exit with the service")
             self._thread = None
+
+    def notify(
+        self, recipient: str, text: str, *, image: Path | None = None, document: Path | None = None
+    ) -> None:
+        """Send `text` to a contact or room id through the wechaty process; blocks; raises `NotifyError`.
+
+        Text only: `image` and `document` are ignored (`attachments` is empty, so delivery never asks).
+        """
+        loop = self._loop
+        if loop is None or not self.online:
+            raise NotifyError("the WeChat gateway is not connected", permanent=self._fatal)
+        for part in split_message(text, MAX_MESSAGE_CHARS, len) if text else []:
+            future = asyncio.run_coroutine_threadsafe(self._say(recipient, part), loop)
+            try:
+                error = future.result(SAY_TIMEOUT_SECONDS + 5)
+            except Exception as exc:
+                future.cancel()
+                raise NotifyError(f"{type(exc).__name__}: {exc}") from None
+            if error:
+                raise NotifyError(error)
+
+    async def _say(self, recipient: str, text: str) -> str:
+        """Ask the child to send; its error ('' when sent). Runs on the bridge loop, like every `_send`."""
+        say_id = next(self._say_ids)
+        said: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._said[say_id] = said
+        self._send(("say", say_id, recipient, text))
+        try:
+            return await asyncio.wait_for(said, SAY_TIMEOUT_SECONDS)
+        finally:
+            self._said.pop(say_id, None)
 
     # -- supervision -----------------------------------------------------------------------------------
 
@@ -192,6 +233,9 @@ class WeChatBot:
             self._conn = None
             parent_conn.close()
             self.online = False
+            for said in self._said.values():  # the process that would answer is gone
+                if not said.done():
+                    said.set_result("the wechaty process exited")
         return process.exitcode
 
     def _child_settings(self) -> ChildSettings:
@@ -218,6 +262,10 @@ class WeChatBot:
             task = asyncio.ensure_future(self._answer(item[1], item[2]))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        elif item[0] == "said":
+            said = self._said.get(item[1])
+            if said is not None and not said.done():
+                said.set_result(item[2])
 
     def _on_state(self, state: dict[str, Any]) -> None:
         reason = state.get("reason", "")

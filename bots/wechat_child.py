@@ -94,6 +94,8 @@ class Gateway:
         self._waiting: dict[int, asyncio.Future[list[str]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
+        self._bot: Any = None  # the Wechaty of the connection in hand, for unprompted messages ("say")
+        self._tasks: set[asyncio.Future[None]] = set()
 
     def send(self, item: tuple[Any, ...]) -> None:
         """Send one protocol tuple to the parent (a gone parent is handled by the reader)."""
@@ -127,9 +129,30 @@ class Gateway:
                 item = ("stop",)
             if item[0] == "reply":
                 self._loop.call_soon_threadsafe(self._deliver, item[1], item[2])
+            elif item[0] == "say":
+                self._loop.call_soon_threadsafe(self._start_say, item[1], item[2], item[3])
             elif item[0] == "stop":
                 self._loop.call_soon_threadsafe(self._stop.set)
                 return
+
+    def _start_say(self, request_id: int, conversation_id: str, text: str) -> None:
+        task = asyncio.ensure_future(self._say(request_id, conversation_id, text))
+        self._tasks.add(task)  # keep a reference until it ends, or the task may vanish mid-send
+        task.add_done_callback(self._tasks.discard)
+
+    async def _say(self, request_id: int, conversation_id: str, text: str) -> None:
+        """Send `text` to a contact or room id; answer ("said", id, error), error '' when sent."""
+        bot = self._bot
+        error = ""
+        try:
+            if bot is None:
+                raise RuntimeError("not connected to the WeChat gateway")
+            # Straight to the puppet: `Contact.say` would then load the sent message back, and a failure
+            # there would look like a failed send and be retried, sending the report twice.
+            await bot.puppet.message_send_text(conversation_id, text)
+        except Exception as exc:
+            error = _describe(exc)
+        self.send(("said", request_id, error))
 
     def _deliver(self, request_id: int, texts: list[str]) -> None:
         future = self._waiting.pop(request_id, None)
@@ -207,6 +230,7 @@ class Gateway:
             bot.on(event, mark_online)
         bot.on("scan", self._on_scan)
         bot.on("message", self._on_message)
+        self._bot = bot
         try:
             await bot.init_puppet()
             await bot.init_puppet_event_bridge(bot.puppet)
@@ -220,6 +244,7 @@ class Gateway:
                 raise Fatal(str(msg("bot_auth_failed", platform="WeChat", reason=reason))) from exc
             return _describe(exc)
         finally:
+            self._bot = None
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(bot.puppet.stop(), STOP_SECONDS)
             if scheduler.running:

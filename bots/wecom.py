@@ -24,10 +24,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
 from fastapi import APIRouter, Request
@@ -47,6 +49,7 @@ from bots.wecom_crypto import ReceiverIdError, SignatureError, WeComCrypto, WeCo
 from service.config import Config
 from service.messages import msg
 from service.queue import JobQueue
+from service.sources import NotifyError
 
 log = logging.getLogger("tuwen.bots.wecom")
 
@@ -57,17 +60,25 @@ DEDUP_SIZE = 4096
 AUTH_RETRY_SECONDS = 600.0  # an admin can fix a trusted-IP list without restarting us
 STOP_TIMEOUT_SECONDS = 5.0
 REFUSAL_LOG_SECONDS = 60.0
+MEDIA_LIMITS_MB = {"image": 10, "file": 20}  # media/upload's limits per type
 
 
 class WeComBot:
     """The WeCom source: an `http_router` for the callback URL plus background answering."""
 
     name = "wecom"
+    platform = PLATFORM  # a `service.sources.Notifier`: scheduled reports are sent through `notify`
+    attachments = frozenset({"image", "document"})
 
     def __init__(self, config: Config, queue: JobQueue) -> None:
         self.config = config
         self.wecom = config.wecom
         self.api = WeComApi(config)
+        # Reports are sent from the scheduler's threads, each on a short-lived loop of its own: a separate
+        # client whose token lock (an asyncio.Lock) is never shared with the HTTP server's loop, and
+        # `_notify_lock` so two loops never use it at once.
+        self._notify_api = WeComApi(config)
+        self._notify_lock = threading.Lock()
         self.core = ChatCore(
             PLATFORM, config.wecom, queue, config, max_message_chars=TEXT_LIMIT_BYTES, length=utf8_length
         )
@@ -118,6 +129,40 @@ class WeComBot:
             future.result(timeout=STOP_TIMEOUT_SECONDS)
         except Exception:
             log.warning("WeCom tasks did not stop within %.0f s", STOP_TIMEOUT_SECONDS)
+
+    def notify(
+        self, recipient: str, text: str, *, image: Path | None = None, document: Path | None = None
+    ) -> None:
+        """Send a report to WeCom user `recipient`: text, image, document (a file); raises `NotifyError`."""
+        if self.config_problem:
+            raise NotifyError(str(msg("wecom_not_configured", reason=self.config_problem)), permanent=True)
+        with self._notify_lock:
+            try:
+                invalid = asyncio.run(self._notify(recipient, text, image, document))
+            except (WeComApiError, MediaRefused) as exc:  # WeComAuthError too: an admin must act first
+                raise NotifyError(self._notify_api.redact(str(exc)), permanent=True) from None
+            except (WeComTransientError, httpx.HTTPError, OSError) as exc:
+                raise NotifyError(self._notify_api.redact(f"{type(exc).__name__}: {exc}")) from None
+        if invalid:
+            raise NotifyError(f"WeCom refused the recipient {invalid!r} (invaliduser)", permanent=True)
+
+    async def _notify(self, user: str, text: str, image: Path | None, document: Path | None) -> str:
+        api = self._notify_api
+        async with httpx.AsyncClient(timeout=60.0, trust_env=False) as client:
+            for part in split_message(text, TEXT_LIMIT_BYTES, utf8_length) if text else []:
+                if invalid := await api.send_text(client, user, part):
+                    return invalid
+            for kind, path in (("image", image), ("file", document)):
+                if path is None:
+                    continue
+                if path.stat().st_size > MEDIA_LIMITS_MB[kind] * 1024 * 1024:
+                    raise NotifyError(
+                        f"{path.name} is over WeCom's {MEDIA_LIMITS_MB[kind]} MB", permanent=True
+                    )
+                media_id = await api.upload_media(client, kind, path)
+                if invalid := await api.send(client, user, kind, {"media_id": media_id}):
+                    return invalid
+        return ""
 
     async def _cancel_tasks(self) -> None:
         tasks = list(self._tasks)

@@ -1,4 +1,4 @@
-"""The WeCom server API as tuwen uses it: access token, media download, text send.
+"""The WeCom server API as tuwen uses it: access token, media download and upload, text/image/file send.
 
 The access token is cached until `TOKEN_MARGIN_SECONDS` before its `expires_in` and renewed at once (one
 retry per call) when WeCom says it is invalid or expired; only one refresh runs at a time, because a fresh
@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import mimetypes
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -113,20 +115,37 @@ class WeComApi:
             return body
         raise MediaRefused(msg("bot_not_image"))
 
-    async def send_text(self, client: httpx.AsyncClient, user: str, content: str) -> None:
-        """Send one text message (at most 2048 bytes) to `user` from this app."""
-        message = {
-            "touser": user,
-            "msgtype": "text",
-            "agentid": self._wecom.agent_id,
-            "text": {"content": content},
-        }
+    async def upload_media(self, client: httpx.AsyncClient, kind: str, path: Path) -> str:
+        """Upload `path` as temporary media of `kind` ("image" or "file"; WeCom keeps it 3 days); its id."""
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        files = {"media": (path.name, path.read_bytes(), content_type)}
+        response, body = await self._retrying(
+            lambda: self._authorized(
+                client, "POST", "/cgi-bin/media/upload", {"type": kind}, None, files=files
+            )
+        )
+        media_id = str(_json(response, body).get("media_id", ""))
+        if not media_id:
+            raise WeComApiError(0, "media/upload answered without a media_id")
+        return media_id
+
+    async def send_text(self, client: httpx.AsyncClient, user: str, content: str) -> str:
+        """Send one text message (at most 2048 bytes) to `user` from this app; `invaliduser` as `send`."""
+        return await self.send(client, user, "text", {"content": content})
+
+    async def send(self, client: httpx.AsyncClient, user: str, msgtype: str, content: dict[str, str]) -> str:
+        """Send one message of `msgtype` ("text", or "image"/"file" with a `media_id`) to `user`.
+
+        Returns WeCom's `invaliduser` ('' when it was delivered).
+        """
+        message = {"touser": user, "msgtype": msgtype, "agentid": self._wecom.agent_id, msgtype: content}
         response, body = await self._retrying(
             lambda: self._authorized(client, "POST", "/cgi-bin/message/send", {}, message)
         )
-        payload = _json(response, body)
-        if payload.get("invaliduser"):
-            log.warning("WeCom did not deliver to %s (invaliduser)", payload["invaliduser"])
+        invalid = str(_json(response, body).get("invaliduser") or "")
+        if invalid:
+            log.warning("WeCom did not deliver to %s (invaliduser)", invalid)
+        return invalid
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         delay = self.backoff_seconds
@@ -142,14 +161,21 @@ class WeComApi:
         raise AssertionError("unreachable")
 
     async def _authorized(
-        self, client: httpx.AsyncClient, method: str, path: str, params: dict[str, str], body: object
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        path: str,
+        params: dict[str, str],
+        body: object,
+        *,
+        files: dict[str, Any] | None = None,
     ) -> tuple[httpx.Response, bytes]:
         """One call with the access token; a token WeCom calls invalid or expired is renewed once."""
         for renew in (False, True):
             token = await self.token(client, refresh=renew)
             limit = self.max_media_bytes if path.endswith("/media/get") else 1024 * 1024
             response, data = await self._fetch(
-                client, method, path, {**params, "access_token": token}, body, limit
+                client, method, path, {**params, "access_token": token}, body, limit, files=files
             )
             payload = _json(response, data) if _looks_like_json(response, data) else None
             if payload is None:
@@ -169,9 +195,11 @@ class WeComApi:
         params: dict[str, str],
         body: object,
         limit: int,
+        *,
+        files: dict[str, Any] | None = None,
     ) -> tuple[httpx.Response, bytes]:
         """One HTTP request, the body read with a size cap (a media file could be anything)."""
-        request = client.build_request(method, self.base + path, params=params, json=body)
+        request = client.build_request(method, self.base + path, params=params, json=body, files=files)
         response = await client.send(request, stream=True)
         try:
             if response.status_code >= 500 or response.status_code == 429:

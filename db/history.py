@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from statistics import NormalDist
@@ -114,13 +114,16 @@ def search_jobs(
     return SearchPage(items=list(items), total=int(total), page=page, per_page=per_page)
 
 
-def iter_jobs(store: Store, job_filter: JobFilter, batch: int = 500) -> Iterator[Job]:
+def iter_jobs(
+    store: Store, job_filter: JobFilter, batch: int = 500, *, where: Sequence[ColumnElement[bool]] = ()
+) -> Iterator[Job]:
     """Every job matching `job_filter`, newest first, read in short batches (for exports of any size).
 
     Keyset paging on (created_at, id) rather than OFFSET: jobs finishing during a long export neither
-    shift rows into a later batch twice nor out of it.
+    shift rows into a later batch twice nor out of it. `where` adds conditions a `JobFilter` cannot say
+    (a report's exact UTC period and its scope).
     """
-    conditions = filter_conditions(job_filter)
+    conditions = [*filter_conditions(job_filter), *where]
     after: tuple[datetime, int] | None = None
     while True:
         query = select(Job).where(*conditions)
@@ -188,11 +191,12 @@ def local_day_start(day: date) -> datetime:
     return datetime.combine(day, time.min).astimezone().astimezone(UTC)
 
 
-def review_stats(store: Store) -> ReviewStats:
+def review_stats(store: Store, *, where: Sequence[ColumnElement[bool]] = ()) -> ReviewStats:
     """Counts over done jobs and the accuracy of the reviewed ones: correct / (correct + corrected).
 
     The 95 % interval is Wilson's score interval, which stays inside [0, 1] and behaves for the small
-    samples staff actually review (the normal approximation gives nonsense at 10 of 10).
+    samples staff actually review (the normal approximation gives nonsense at 10 of 10). `where` narrows
+    the jobs counted (a report's period and scope); by default every done job counts.
     """
     with store.read_session() as session:
         row = session.execute(
@@ -200,7 +204,7 @@ def review_stats(store: Store) -> ReviewStats:
                 func.count(),
                 func.coalesce(func.sum(case((Job.review_status == ReviewStatus.CORRECT, 1), else_=0)), 0),
                 func.coalesce(func.sum(case((Job.review_status == ReviewStatus.CORRECTED, 1), else_=0)), 0),
-            ).where(Job.status == JobStatus.DONE)
+            ).where(Job.status == JobStatus.DONE, *where)
         ).one()
     done, correct, corrected = int(row[0]), int(row[1]), int(row[2])
     reviewed = correct + corrected

@@ -1,8 +1,8 @@
 """The resident service: builds the spine from config, starts it, and stops it along one path.
 
-Start order: database (migrate, re-queue jobs a crash left running) → model worker → sources → HTTP.
-Stop order is the reverse: stop accepting, stop sources, let the worker finish or re-queue the job in hand,
-close the database.
+Start order: database (migrate, re-queue jobs a crash left running) → model worker → sources → report
+scheduler → HTTP. Stop order is the reverse: stop accepting, stop the report scheduler, stop sources, let the
+worker finish or re-queue the job in hand, close the database.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import logging
 import signal
 import time
 from collections.abc import Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -23,8 +23,11 @@ from service.config import Config
 from service.messages import msg
 from service.queue import JobQueue
 from service.registry import build_sources
-from service.sources import Source
+from service.sources import Notifier, Source, collect_notifiers
 from service.worker import BackendFactory, ModelWorker
+
+if TYPE_CHECKING:
+    from service.reports.schedule import ReportScheduler
 
 log = logging.getLogger("tuwen.service")
 
@@ -41,6 +44,7 @@ class App:
         backend_factory: BackendFactory = create_backend,
         with_sources: bool = True,
         only_uids: set[str] | None = None,
+        with_reports: bool | None = None,
     ) -> None:
         self.config = config
         self.started_at = time.time()
@@ -61,6 +65,11 @@ class App:
             router = getattr(source, "http_router", None)
             if router is not None:
                 self.http_routers.append(router)
+        # Bots that can send unprompted, by platform, for scheduled reports (see service.sources.Notifier).
+        self.notifiers: dict[str, Notifier] = collect_notifiers(self.sources)
+        # Scheduled reports run in `tuwen serve` only, not in one-shot commands (`tuwen ask` has no sources).
+        self.with_reports = with_sources if with_reports is None else with_reports
+        self.reports: ReportScheduler | None = None  # while running
 
     def start(self) -> None:
         """Start the worker, then each source (a source that fails to start is logged, not fatal)."""
@@ -71,10 +80,30 @@ class App:
                 self._started.append(source)
             except Exception:
                 log.exception("source %s failed to start; the rest of the service runs on", source.name)
+        if self.with_reports and self.config.report:
+            self._start_reports()
+
+    def _start_reports(self) -> None:
+        # Imported here: report rendering pulls in matplotlib, which a service without reports never needs.
+        try:
+            from service.reports.schedule import ReportScheduler
+
+            scheduler = ReportScheduler(self.config, self.store, self.notifiers)
+            scheduler.start()
+        except Exception:
+            log.exception("the report scheduler failed to start; the rest of the service runs on")
+            return
+        self.reports = scheduler
 
     def stop(self) -> None:
         """The one stop path."""
         self.queue.accepting = False
+        if self.reports is not None:
+            try:
+                self.reports.stop()
+            except Exception:
+                log.exception("stopping the report scheduler failed")
+            self.reports = None
         for source in reversed(self._started):
             try:
                 source.stop()

@@ -1,4 +1,4 @@
-"""`tuwen` command line: serve, ask, batch, check-config, jobs. Every command takes `-c PATH`.
+"""`tuwen` command line: serve, ask, batch, check-config, jobs, links, report. Every command takes `-c PATH`.
 
 Like `service/registry.py` this is a composition root, so it may import adapters (lazily).
 """
@@ -51,7 +51,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     ]
     setup_logging(getattr(args, "log_level", None) or config.logging.level, secrets)
-    handler = {"serve": _serve, "ask": _ask, "batch": _batch, "jobs": _jobs, "links": _links}[args.command]
+    handlers = {
+        "serve": _serve,
+        "ask": _ask,
+        "batch": _batch,
+        "jobs": _jobs,
+        "links": _links,
+        "report": _report,
+    }
+    handler = handlers[args.command]
     return int(handler(config, args))
 
 
@@ -86,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument("--retry", type=int, nargs="+", metavar="ID", help="retry these failed jobs")
     jobs.add_argument("--retry-failed", action="store_true", help="retry every failed job")
     jobs.add_argument("--json", action="store_true")
+    report = sub.add_parser(
+        "report", parents=[common], help="write summary reports now (Markdown, HTML, CSV, PNG)"
+    )
+    report.add_argument("--name", help="only this [[report]] (default: all; 'adhoc' when none is configured)")
+    report.add_argument("--since", metavar="YYYY-MM-DD", help="first local day (inclusive)")
+    report.add_argument("--until", metavar="YYYY-MM-DD", help="last local day (inclusive: the whole day)")
+    report.add_argument("--out", metavar="DIR", help="write here instead of data_dir/reports/NAME/DATE")
     return parser
 
 
@@ -222,6 +237,27 @@ def _links(config: Config, args: argparse.Namespace) -> int:
         print(f"{label}: {base}{path}" + (f"?token={token}" if token else ""))
     if not auth.enabled:
         print("（未设置 [http] api_key，页面无需令牌 / no [http] api_key set: the pages need no token）")
+    return 0
+
+
+def _report(config: Config, args: argparse.Namespace) -> int:
+    from service.reports.adhoc import ReportUsageError, run_reports
+
+    try:
+        written = run_reports(
+            config,
+            name=args.name,
+            since=args.since,
+            until=args.until,
+            out_dir=Path(args.out).resolve() if args.out else None,
+        )
+    except ReportUsageError as exc:
+        print(str(exc.message), file=sys.stderr)
+        return 2
+    for report, files in written:
+        print(str(msg("report_written", name=report.name)))
+        for path in files.paths:
+            print(f"  {path}")
     return 0
 
 

@@ -10,14 +10,18 @@ reports config errors, so an IT generalist can find the line to fix.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from service.errors import ConfigError
 from service.messages import msg
+
+if TYPE_CHECKING:
+    from apscheduler.triggers.cron import CronTrigger
 
 DEFAULT_PROMPT = "请用20字以内描述图中场景、人物和时间特征"
 
@@ -226,10 +230,8 @@ class ReportConfig(Strict):
     @field_validator("schedule")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
-        from apscheduler.triggers.cron import CronTrigger
-
         try:
-            CronTrigger.from_crontab(value, timezone="UTC")
+            cron_trigger(value, "UTC")
         except ValueError as exc:
             raise ValueError(f"is not a valid cron schedule (minute hour day month weekday): {exc}") from exc
         return value
@@ -246,6 +248,47 @@ class ReportConfig(Strict):
         return value
 
     _ids = field_validator("telegram_chat_ids", "wecom_users", "wechat_contacts", mode="before")(_ids_as_text)
+
+
+_CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")  # crontab's 0-7, 0 and 7 both Sunday
+
+
+def cron_trigger(expression: str, timezone: str) -> CronTrigger:
+    """A crontab line (minute hour day month weekday) as an APScheduler trigger in `timezone`.
+
+    APScheduler 3's own `from_crontab` counts weekdays from Monday = 0 (its issue 286), so "0 9 * * 1" would
+    fire on Tuesdays; weekday numbers are turned into names here, which it reads the way crontab does.
+    Raises ValueError for an invalid expression.
+    """
+    from apscheduler.triggers.cron import CronTrigger
+
+    values = expression.split()
+    if len(values) != 5:
+        raise ValueError(f"wrong number of fields: got {len(values)}, expected 5")
+    minute, hour, day, month, weekday = values
+    return CronTrigger(
+        minute=minute,
+        hour=hour,
+        day=day,
+        month=month,
+        day_of_week=_crontab_weekdays(weekday),
+        timezone=timezone,
+    )
+
+
+def _crontab_weekdays(field: str) -> str:
+    names: list[str] = []
+    for part in field.split(","):
+        base, _, step = part.partition("/")
+        if not re.fullmatch(r"\*|\d+(-\d+)?", base) or (base == "*" and not step):
+            names.append(part)  # "*" or names ("mon-fri"): APScheduler reads those as crontab does
+            continue
+        low, _, high = base.replace("*", "0-6").partition("-")
+        last = int(high) if high else (6 if step else int(low))  # crontab: "N/S" runs from N to the end
+        if not 0 <= int(low) <= last <= 7 or (step and not step.isdigit()) or step == "0":
+            raise ValueError(f"day of week {part!r} is not within 0-7")
+        names += [_CRON_DAYS[number] for number in range(int(low), last + 1, int(step or 1))]
+    return ",".join(dict.fromkeys(names))
 
 
 class WatchConfig(Strict):

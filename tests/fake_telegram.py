@@ -3,7 +3,8 @@
 Telegram cannot be reached from tests, so this stands in at the boundary with the Bot API's shapes:
 `/bot{token}/{method}` answers `{"ok": true, "result": ...}` (401 for another token), `getUpdates` hands out
 queued updates and long-polls briefly, `getFile` describes uploaded files and `/file/bot{token}/{path}`
-serves their bytes. Everything the bot sent is recorded for the tests to read.
+serves their bytes. Everything the bot sent is recorded for the tests to read; files it uploads
+(`sendPhoto`, `sendDocument`) are recorded as `{"filename", "content_type", "data"}`.
 """
 
 from __future__ import annotations
@@ -99,15 +100,21 @@ class FakeTelegram:
                 "file_size": size,
                 "file_path": f"photos/{file_id}",
             }
-        if method == "sendMessage":
+        if method in ("sendMessage", "sendPhoto", "sendDocument"):
             chat = {"id": int(params["chat_id"]), "type": "private"}
-            return {
+            sent: dict[str, Any] = {
                 "message_id": 10_000 + len(self.calls),
                 "date": int(time.time()),
                 "chat": chat,
                 "from": BOT_USER,
-                "text": params["text"],
             }
+            if method == "sendMessage":
+                sent["text"] = params["text"]
+            elif method == "sendPhoto":
+                sent["photo"] = [{"file_id": "p1", "file_unique_id": "p1", "width": 800, "height": 400}]
+            else:
+                sent["document"] = {"file_id": "d1", "file_unique_id": "d1"}
+            return sent
         return True  # sendChatAction, setWebhook, deleteWebhook
 
     async def _get_updates(self, offset: int, timeout: float) -> list[dict[str, Any]]:
@@ -135,6 +142,8 @@ class FakeTelegram:
 
 
 def _value(raw: Any) -> Any:
+    if isinstance(raw, web.FileField):  # an upload: keep its bytes (the temporary file goes with the request)
+        return {"filename": raw.filename, "content_type": raw.content_type, "data": raw.file.read()}
     # aiogram sends nested objects (reply_parameters, allowed_updates) as JSON strings.
     if isinstance(raw, str) and raw[:1] in "[{":
         try:

@@ -1,4 +1,4 @@
-"""A fake WeCom API server on 127.0.0.1: gettoken, media/get and message/send, with failures on demand.
+"""A fake WeCom API server on 127.0.0.1: gettoken, media/get and /upload, message/send; failures on demand.
 
 WeCom's servers cannot be reached from tests, so this stands in at the boundary. It keeps WeCom's shapes
 (errcode/errmsg JSON, tokens in the query string, media as raw bytes with an image content type, JSON
@@ -8,6 +8,7 @@ errors for unknown media) and records what the bot sent.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ class FakeWeCom:
     media: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # media_id -> (bytes, content type)
     send_errors: list[int] = field(default_factory=list)  # errcodes message/send answers first, in order
     sent: list[dict[str, Any]] = field(default_factory=list)
+    uploads: dict[str, dict[str, Any]] = field(default_factory=dict)  # media_id -> type, filename, size
     token_calls: int = 0
     media_calls: int = 0
     send_calls: int = 0
@@ -36,7 +38,23 @@ class FakeWeCom:
     def texts_to(self, user: str) -> list[str]:
         """The contents of the text messages sent to `user`, in order."""
         with self.lock:
-            return [m["text"]["content"] for m in self.sent if m.get("touser") == user]
+            return [
+                m["text"]["content"] for m in self.sent if m.get("touser") == user and m["msgtype"] == "text"
+            ]
+
+    def media_upload(self, query: dict[str, str], body: bytes) -> dict[str, Any]:
+        """Record a multipart upload (its part's file name and the body size) and hand out a media_id."""
+        with self.lock:
+            error = self._token_error(query)
+            if error is not None:
+                return error
+            named = re.search(rb'name="media"; filename="([^"]+)"', body)
+            if named is None:
+                return {"errcode": 41004, "errmsg": "media data missing"}
+            media_id = f"media-{len(self.uploads) + 1}"
+            kind = query.get("type", "")
+            self.uploads[media_id] = {"type": kind, "filename": named.group(1).decode(), "size": len(body)}
+            return {"errcode": 0, "errmsg": "ok", "type": kind, "media_id": media_id, "created_at": "1"}
 
     # -- the three endpoints ---------------------------------------------------------------------
 
@@ -116,9 +134,12 @@ def _handler(fake: FakeWeCom) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
-            body = json.loads(self.rfile.read(length) or b"{}")
-            if urlsplit(self.path).path == "/cgi-bin/message/send":
-                self._json(fake.message_send(self._query(), body))
+            raw = self.rfile.read(length)
+            path = urlsplit(self.path).path
+            if path == "/cgi-bin/media/upload":
+                self._json(fake.media_upload(self._query(), raw))
+            elif path == "/cgi-bin/message/send":
+                self._json(fake.message_send(self._query(), json.loads(raw or b"{}")))
             else:
                 self._reply(404, b"not found", "text/plain")
 

@@ -5,6 +5,7 @@
 - `openai_api` POST /v1/chat/completions, GET /v1/models
 - `history_api` /api/… JSON for history, review, export, thumbnails
 - `pages`      /, /login, /kiosk, /feed and their static files; /api/feed/events (SSE)
+- `reports_api` GET /api/reports and /reports/NAME/STAMP/FILE (the written reports)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from service import __version__
-from service.http import history_api, metrics, openai_api, pages
+from service.http import history_api, metrics, openai_api, pages, reports_api
 from service.http.auth import Auth
 from service.http.context import HttpContext
 from service.http.errors import install_error_handlers
@@ -58,6 +59,7 @@ def create_http_app(app: App) -> FastAPI:
     api.include_router(openai_api.build_router(ctx))
     api.include_router(history_api.build_router(ctx))
     api.include_router(pages.build_router(ctx))
+    api.include_router(reports_api.build_router(ctx))
     for router in app.http_routers:  # adapters' callback routes (WeCom, Telegram webhook)
         api.include_router(router)
     return api

@@ -6,7 +6,7 @@ import {
 } from "./common.js";
 
 const $ = (id) => document.getElementById(id);
-const TABS = ["ask", "history", "review"];
+const TABS = ["ask", "history", "review", "reports"];
 const PER_PAGE = 20;
 
 /** An element whose text is the catalogue message `code`, re-translated when the language changes. */
@@ -29,6 +29,7 @@ function showTab() {
   }
   if (name === "history") loadHistory();
   if (name === "review") loadStats();
+  if (name === "reports") loadReports();
 }
 
 // ---- ask -------------------------------------------------------------------------------------------
@@ -380,6 +381,51 @@ async function sample() {
   }
 }
 
+// ---- reports ---------------------------------------------------------------------------------------
+
+let reports = { items: [], schedules: [] };
+
+async function loadReports() {
+  try {
+    reports = await fetchJson("/api/reports");
+    showError("reports-error", null);
+  } catch (err) {
+    showError("reports-error", err.message);
+  }
+  renderReports();
+}
+
+function scheduleLine(schedule) {
+  const next = schedule.next_run
+    ? t("ui_reports_next", { time: formatTime(schedule.next_run) })
+    : t("ui_reports_not_scheduled");
+  const last = schedule.last_run;
+  const failed = last && last.status === "failed" ? t("ui_reports_last_failed", { reason: last.error }) : "";
+  const when = `${schedule.schedule} (${schedule.timezone})`;
+  return el("li", {}, el("strong", { text: schedule.name }), ` ${when} · ${next}`, failed ? ` · ${failed}` : "");
+}
+
+function reportRow(item) {
+  // The URLs come from the server, built from folder names it checked; they are set as attributes only.
+  const links = item.files.map((file) => {
+    const text = t(`ui_reports_file_${file.kind}`);
+    return el("a", { href: file.url, target: "_blank", rel: "noopener", title: file.name, text });
+  });
+  return el(
+    "tr",
+    {},
+    el("td", { text: item.name }),
+    el("td", { class: "nowrap", text: item.stamp }),
+    el("td", { class: "report-files" }, ...links),
+  );
+}
+
+function renderReports() {
+  $("report-schedules").replaceChildren(...(reports.schedules ?? []).map(scheduleLine));
+  $("report-rows").replaceChildren(...(reports.items ?? []).map(reportRow));
+  $("reports-empty").hidden = (reports.items ?? []).length > 0;
+}
+
 // ---- start -----------------------------------------------------------------------------------------
 
 async function main() {
@@ -388,6 +434,7 @@ async function main() {
   setupLangSwitch($("lang"), () => {
     renderHistory();
     renderStats();
+    renderReports();
     applyI18n(document);
   });
   setupAsk();
