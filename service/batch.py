@@ -19,6 +19,7 @@ from typing import Any
 from tqdm import tqdm
 
 from db.models import Job, JobStatus
+from service.csvcells import spreadsheet_cell
 from service.events import Event, Priority
 from service.images import sha256_file
 from service.messages import msg
@@ -138,14 +139,5 @@ def write_results_csv(path: Path, jobs: Iterable[Job]) -> None:
         writer.writerow(["file", "status", "time", "question", "answer", "ocr_text", "error"])
         for job in jobs:
             when = (job.finished_at or job.created_at).isoformat(timespec="seconds")
-            writer.writerow(
-                [
-                    job.file_path,
-                    job.status,
-                    when,
-                    job.question,
-                    job.answer or "",
-                    job.ocr_text or "",
-                    job.error or "",
-                ]
-            )
+            row = [job.file_path, job.status, when, job.question, job.answer, job.ocr_text, job.error]
+            writer.writerow([spreadsheet_cell(value) for value in row])

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from service.csvcells import spreadsheet_cell
 from watchers.sidecars import SidecarRecord, clean_xml_text
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,6 @@ logger = logging.getLogger(__name__)
 CATALOGUE_NAME = "tuwen-catalogue.csv"
 COLUMNS: tuple[str, ...] = ("file", "time", "status", "question", "answer", "ocr_text", "error", "correction")
 _BOM = "\ufeff".encode()
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # One lock for every catalogue: appends are a few milliseconds, so per-path locks would buy nothing.
 _LOCK = threading.Lock()
 
@@ -117,8 +117,8 @@ def read_catalogue(csv_path: Path) -> list[dict[str, str]]:
 
 
 def _safe_cell(value: str | None) -> str:
-    text = clean_xml_text(value or "")
-    return f"'{text}" if text.startswith(_FORMULA_STARTS) else text
+    # XML-safe first (the same text goes into the XMP), then the shared spreadsheet rule.
+    return spreadsheet_cell(clean_xml_text(value or ""))
 
 
 def _encode(rows: list[list[str]]) -> bytes:

@@ -41,6 +41,7 @@ from db.history import (
 )
 from db.models import Job, ReviewStatus
 from db.store import ReviewRejected
+from service.csvcells import spreadsheet_cell
 from service.http.auth import Scope, require
 from service.http.context import HttpContext
 from service.http.errors import ApiError
@@ -66,8 +67,6 @@ CSV_COLUMNS = (
 _BOM = "\ufeff"
 # The OWASP "CSV injection" defence, as in watchers/catalogue.py (service/ may not import watchers/):
 # cells Excel would run as formulas get a leading apostrophe; characters it cannot show are dropped.
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-_UNSHOWABLE = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _EXPORT_BATCH_ROWS = 200
 
 
@@ -283,7 +282,7 @@ def _csv_chunks(jobs: Iterator[Job]) -> Iterator[bytes]:
     buffer.write(_BOM)
     writer.writerow(CSV_COLUMNS)
     for rows, job in enumerate(jobs, start=1):
-        writer.writerow([_csv_cell(value) for value in _csv_values(job)])
+        writer.writerow([spreadsheet_cell(value) for value in _csv_values(job)])
         if rows % _EXPORT_BATCH_ROWS == 0:
             yield buffer.getvalue().encode("utf-8")
             buffer.seek(0)
@@ -308,12 +307,3 @@ def _csv_values(job: Job) -> tuple[object, ...]:
         job.review_status,
         job.correction,
     )
-
-
-def _csv_cell(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, int):
-        return str(value)  # our own ids: never a formula, and "-" cannot start them
-    text = _UNSHOWABLE.sub("", str(value))
-    return f"'{text}" if text.startswith(_FORMULA_STARTS) else text

@@ -33,7 +33,7 @@ from db.history import JobFilter, iter_jobs
 from db.models import Job
 from db.store import Store
 from service.config import Config, ReportConfig
-from service.http.history_api import _csv_cell as csv_cell
+from service.csvcells import spreadsheet_cell as csv_cell
 from service.reports.content import collect, period_conditions, scope_conditions
 from service.reports.text import markdown, period_stamp, summary_zh
 
