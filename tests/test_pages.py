@@ -20,6 +20,7 @@ from pydantic import SecretStr
 
 from service.config import Config
 from service.http.auth import Auth, Scope
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.live import LiveService, running_service
 from tests.render import render_text_image
 
@@ -28,16 +29,6 @@ expect = playwright_api.expect
 # Answers come from real OCR on 2 shared cores; on a loaded CI machine one can take several seconds.
 expect.set_options(timeout=30_000)
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 KEY = "pages-test-key-0123456789"
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")

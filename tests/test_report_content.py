@@ -23,6 +23,7 @@ from db.store import Store
 from service.config import ReportConfig
 from service.messages import msg
 from service.reports import ReportData, ReportFiles, collect, period_bounds, write_report
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.report_history import (
     CORRECTION,
     FORMULA_ANSWER,
@@ -35,16 +36,6 @@ from tests.report_history import (
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 BASE_URL = "http://tuwen.local:8080"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SINCE, UNTIL = SINCE_UTC.astimezone(SHANGHAI), UNTIL_UTC.astimezone(SHANGHAI)
 
 

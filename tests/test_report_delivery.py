@@ -356,7 +356,7 @@ def test_the_reports_tab_lists_a_run_and_its_page_opens_with_its_images(
     make_config: Callable[..., Config], backend_factory: Any
 ) -> None:
     playwright_api = pytest.importorskip("playwright.sync_api")
-    from tests.test_pages import CHROMIUM, CHROMIUM_ARGS
+    from tests.browser import CHROMIUM, CHROMIUM_ARGS
 
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium is not installed")
