@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,34 @@ def scan_bytes() -> Callable[..., bytes]:
         return buffer.getvalue()
 
     return make
+
+
+# --- leaving the test process --------------------------------------------------------------------------
+
+_EXIT_STATUS: int | None = None
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remember pytest's verdict for `pytest_unconfigure`."""
+    global _EXIT_STATUS
+    _EXIT_STATUS = int(exitstatus)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave with pytest's own exit status, skipping interpreter teardown.
+
+    After every test has run and the summary is printed, background threads some tests leave behind (model
+    workers and bot loops of services a failing assertion did not stop, uvicorn threads) can still be inside
+    onnxruntime's or torch's native thread pools; tearing the interpreter down under them has aborted the
+    process ("terminate called without an active exception", SIGABRT) and turned a green run red. The service
+    itself stops its threads (tests/test_serve.py checks `tuwen serve` exits 0 on SIGTERM); this only concerns
+    the test process. The names of the threads still alive are printed so a leak can be traced.
+    """
+    if _EXIT_STATUS is None or os.environ.get("TUWEN_TESTS_SOFT_EXIT"):
+        return
+    leftover = sorted(t.name for t in threading.enumerate() if t is not threading.main_thread())
+    if leftover:
+        print(f"\n[tuwen tests] threads still alive at exit: {', '.join(leftover)}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_EXIT_STATUS)
