@@ -18,6 +18,7 @@ from dataclasses import asdict
 from db.models import Job, JobStatus
 from db.store import Store
 from service.events import Event, Priority
+from service.messages import Message
 
 log = logging.getLogger("tuwen.service")
 
@@ -63,30 +64,24 @@ class JobQueue:
                 self._text_listeners[uid] = on_text
             if event.priority <= Priority.INTERACTIVE:
                 self._interactive.add(uid)
-        job = self.store.add_job(
-            uid=uid,
-            source=event.source,
-            source_ref=event.source_ref,
-            priority=int(event.priority),
-            status=JobStatus.QUEUED,
-            question=event.question,
-            prompt_hash=prompt_hash(event.question),
-            images=list(event.images),
-            file_path=event.images[0] if event.source in ("watch", "batch", "cli") and event.images else None,
-            file_size=event.file_size,
-            file_mtime=event.file_mtime,
-            sha256=event.sha256,
-            conversation_id=event.conversation_id,
-            history=[asdict(turn) for turn in event.history],
-            reply_to=event.reply_to,
-            extra=dict(event.extra),
-            dedup=1 if dedup else 0,
-        )
+        job = self.store.add_job(**_row_fields(event, uid), status=JobStatus.QUEUED, dedup=1 if dedup else 0)
         log.info(
             "[job %s] queued from %s %s (priority %d)", job.uid[:8], job.source, job.source_ref, job.priority
         )
         self.notify()
         return job
+
+    def record_refused(self, event: Event, message: Message) -> Job:
+        """Record an event refused before it reached the queue (e.g. an undecodable upload) as a failed job.
+
+        A refused call is still history; listeners (metrics, feeds) hear of it like any finished job.
+        """
+        job = self.store.add_job(**_row_fields(event, uuid.uuid4().hex), status=JobStatus.FAILED)
+        finished = self.store.finish(
+            job.id, status=JobStatus.FAILED, error=str(message), error_code=message.code
+        )
+        self.finished(finished)
+        return finished
 
     def result(self, uid: str) -> Future[Job]:
         """A future resolved with the finished job (done or failed) by the worker in this process."""
@@ -156,3 +151,24 @@ class JobQueue:
                 log.exception("[job %s] a finished-job listener failed", job.uid[:8])
         if future is not None and not future.done():
             future.set_result(job)
+
+
+def _row_fields(event: Event, uid: str) -> dict[str, object]:
+    """The job row's columns that come from the event (one mapping for queued and refused events)."""
+    return {
+        "uid": uid,
+        "source": event.source,
+        "source_ref": event.source_ref,
+        "priority": int(event.priority),
+        "question": event.question,
+        "prompt_hash": prompt_hash(event.question),
+        "images": list(event.images),
+        "file_path": event.images[0] if event.source in ("watch", "batch", "cli") and event.images else None,
+        "file_size": event.file_size,
+        "file_mtime": event.file_mtime,
+        "sha256": event.sha256,
+        "conversation_id": event.conversation_id,
+        "history": [asdict(turn) for turn in event.history],
+        "reply_to": event.reply_to,
+        "extra": dict(event.extra),
+    }

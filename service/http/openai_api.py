@@ -26,10 +26,9 @@ import contextlib
 import logging
 import math
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -57,7 +56,6 @@ from service.http.context import HttpContext
 from service.http.errors import ApiError
 from service.http.uploads import ImageRejected, check_decodes, save_image
 from service.messages import Message, msg
-from service.queue import prompt_hash
 
 log = logging.getLogger("tuwen.http.api")
 
@@ -224,23 +222,7 @@ class ChatApi:
 
     def _record_refused(self, event: Event, message: Message) -> Job:
         """A call refused for its image is still history: a failed job that never reached the model."""
-        store = self.app.store
-        job = store.add_job(
-            uid=uuid.uuid4().hex,
-            source=event.source,
-            source_ref=event.source_ref,
-            priority=int(event.priority),
-            status=JobStatus.FAILED,
-            question=event.question,
-            prompt_hash=prompt_hash(event.question),
-            images=list(event.images),
-            conversation_id=event.conversation_id,
-            history=[asdict(turn) for turn in event.history],
-            extra=dict(event.extra),
-        )
-        finished = store.finish(job.id, status=JobStatus.FAILED, error=str(message), error_code=message.code)
-        self.app.queue.finished(finished)  # listeners (metrics, feeds) hear of it like any finished job
-        return finished
+        return self.app.queue.record_refused(event, message)
 
     def _worker_gone(self) -> bool:
         return self.app.worker.state in GONE_STATES
