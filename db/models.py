@@ -5,7 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -124,6 +136,29 @@ class Job(Base):
     correction: Mapped[str | None] = mapped_column(Text)
     reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
+    # Migration 0003.
+    # "ocr" (text read from the image, the question not answered) or "model" (a model's answer).
+    answer_kind: Mapped[str | None] = mapped_column(String(16))
+    # "stop" or "length" (the answer was cut at the requested maximum).
+    finish_reason: Mapped[str | None] = mapped_column(String(16))
+    # The catalogue parameters of `error_code`, so the message can be rendered in the reader's language.
+    error_params: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Things a person should know about a finished job that are not failures (a shortened sidecar name,
+    # pages dropped by max_pages): a list of {"code": ..., "params": {...}}.
+    notes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    # The node (`[node] name`) that claimed the job last; its heartbeat lease decides when to re-queue.
+    node: Mapped[str | None] = mapped_column(String(128))
+    # How often the job outlived `[model] job_timeout_seconds` (retried once, then failed).
+    timeouts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Whether the folder catalogue row of this job has been appended (start-up repair appends missing ones).
+    catalogued: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # OCR lines with boxes and confidence, and whether low confidence asks for a person's look.
+    ocr_lines: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    needs_review: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    rotation: Mapped[int | None] = mapped_column(Integer)
+    reviewed_by: Mapped[str | None] = mapped_column(String(128))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+
     __table_args__ = (
         Index("ix_jobs_claim", "status", "priority", "id"),
         Index("ix_jobs_file", "file_path", "file_size", "file_mtime"),
@@ -132,4 +167,78 @@ class Job(Base):
         Index("ix_jobs_created", "created_at"),
         Index("ix_jobs_conversation", "conversation_id"),
         Index("ix_jobs_review", "status", "review_status"),
+        Index("ix_jobs_node", "status", "node"),
     )
+
+
+class FileState:
+    """What a watched file is doing, as far as tuwen knows (`files.state`)."""
+
+    PRESENT = "present"
+    GONE = "gone"
+
+
+class WatchedFile(Base):
+    """The last state tuwen saw of one file in a watched folder (or a `tuwen batch` folder).
+
+    Keyed by the path's *bytes* (`os.fsencode`): names from Windows shares and zips are often GBK, not
+    UTF-8, and a text column could neither hold them nor tell two of them apart. `display_path` is the same
+    path with undecodable bytes shown as U+FFFD, for people and search. A touched, re-copied or renamed file
+    updates its row here instead of becoming a new job.
+    """
+
+    __tablename__ = "files"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String(32))
+    source_ref: Mapped[str] = mapped_column(String(512))
+    path: Mapped[bytes] = mapped_column(LargeBinary)
+    display_path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    ctime_ns: Mapped[int] = mapped_column(BigInteger)
+    inode: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    job_id: Mapped[int | None] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default=FileState.PRESENT)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("source", "source_ref", "path", name="uq_files_path"),
+        Index("ix_files_sha", "source", "source_ref", "sha256"),
+    )
+
+
+class Node(Base):
+    """One running `tuwen serve` process and its heartbeat (a one-shot CLI hands jobs to a live node)."""
+
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255), default="")
+    pid: Mapped[int] = mapped_column(Integer, default=0)
+    version: Mapped[str] = mapped_column(String(32), default="")
+    backend: Mapped[str] = mapped_column(String(32), default="")
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class LoginSession(Base):
+    """A signed-in person's session, kept server-side so logout and expiry really end it.
+
+    `id` is the SHA-256 of the cookie's random value: a copy of the database does not hold usable cookies.
+    """
+
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user: Mapped[str | None] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16), default="admin")
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_sessions_expires", "expires_at"),)

@@ -73,11 +73,11 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
         "多次重试后仍失败（{attempts} 次）：{reason}",
         "still failing after {attempts} attempts: {reason}",
     ),
-    "ocr_no_vlm": (
-        "【仅文字识别：未加载视觉语言模型，以下为图中识别出的文字】",
-        "[OCR only: no vision-language model is loaded; below is the text read from the image]",
+    "ocr_no_text": (
+        "图中没有识别到文字。",
+        "No text was found in this image.",
     ),
-    "ocr_no_text": ("（未识别到文字）", "(no text found)"),
+    "ocr_no_text_page": ("（此页没有识别到文字）", "(no text found on this page)"),
     "page_label": ("第 {n} 页", "page {n}"),
     "interrupted": ("服务停止时任务未完成，已重新排队", "job interrupted by shutdown and re-queued"),
     "unexpected": ("内部错误：{reason}", "internal error: {reason}"),

@@ -278,14 +278,16 @@ class ModelWorker:
         short = job.uid[:8]
         images = [decode_image(Path(path), self.config.images, short) for path in job.images]
         # A caller (the API, later) may ask for a shorter answer or more variety than the config's default.
+        requested = job.extra.get("max_tokens")
         gen = functools.partial(
             Request,
             max_new_tokens=min(
-                int(job.extra.get("max_tokens") or self.config.model.max_new_tokens),
+                int(requested or self.config.model.max_new_tokens),
                 self.config.model.max_new_tokens,
             ),
             temperature=float(job.extra.get("temperature", self.config.model.temperature)),
             job_id=short,
+            requested_max_tokens=int(requested) if requested else None,
         )
         if len(images) == 1 and len(images[0].pages) > 1 and not job.history:
             # A multi-page TIFF: every page gets the question, and the answers are put together.
@@ -329,6 +331,8 @@ class ModelWorker:
             ocr_text=ocr_text,
             error=None,
             error_code=None,
+            answer_kind=getattr(self.backend, "answer_kind", "model"),
+            finish_reason="length" if any(a.finish_reason == "length" for a in answers) else "stop",
             backend=self.backend.name,
             model=self.backend.model_id,
             model_version=self.backend.model_version,
@@ -376,6 +380,8 @@ class ModelWorker:
                 name: getattr(previous, name)
                 for name in (
                     "answer",
+                    "answer_kind",
+                    "finish_reason",
                     "reasoning",
                     "ocr_text",
                     "backend",

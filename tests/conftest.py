@@ -50,6 +50,7 @@ class InstrumentedBackend:
 
         self.inner = OcrBackend(config, engine=engine)  # type: ignore[arg-type]
         self.name = self.inner.name
+        self.answer_kind = self.inner.answer_kind
         self.model_id = self.inner.model_id
         self.model_version = self.inner.model_version
         self.calls: list[int] = []  # number of requests per call

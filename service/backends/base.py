@@ -30,6 +30,9 @@ class Request:
     max_new_tokens: int = 512
     temperature: float = 0.0
     job_id: str = "-"  # only for log lines
+    # What the caller asked for (an API client's max_tokens), None when it asked for nothing: the OCR
+    # backend cuts its text only then, since a scan's full text is the point of reading it.
+    requested_max_tokens: int | None = None
 
 
 @dataclass
@@ -40,6 +43,8 @@ class Answer:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     reasoning: str | None = None
+    # "length" when the answer was cut at the request's `max_new_tokens`, else "stop" (OpenAI's names).
+    finish_reason: str = "stop"
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -48,11 +53,17 @@ OnText = Callable[[str], None]
 
 @runtime_checkable
 class Backend(Protocol):
-    """A model. `name` is the backend kind; `model_id`/`model_version` are recorded with every answer."""
+    """A model. `name` is the backend kind; `model_id`/`model_version` are recorded with every answer.
+
+    `answer_kind` tells readers what an answer is: "model" (a model read the question and answered it) or
+    "ocr" (the text read from the image; the question was not answered). It is recorded with every job
+    instead of a banner inside the text, which would end up as the caption in every photo tool and CSV.
+    """
 
     name: str
     model_id: str
     model_version: str
+    answer_kind: str
 
     def load(self) -> None:
         """Load weights and warm up; raise `service.errors.TuwenError` subclasses on failure."""

@@ -1,16 +1,20 @@
 """The embedded default backend: text recognition only, with RapidOCR's bundled PP-OCRv6 models.
 
 It exists so that a fresh install does something useful with no GPU and no download: scans of letters,
-certificates and photo captions come back as text. It is honest about what it is. Every answer starts with
-the catalogue line `ocr_no_vlm` (in both languages), because the question was not read by any model; a user
-who asked "who is in this photo?" must not mistake OCR output for an answer.
+certificates and photo captions come back as text. It is honest about what it is without padding the answer:
+the text it returns is exactly what it read (a caption tool, a CSV and a chat get the same words), and every
+job records `answer_kind = "ocr"`, which the pages show as a small 「仅文字识别」 badge and the API and
+sidecars carry as a field. A photo with no text gets one plain sentence saying so.
 
 RapidOCR 3.x ships its small PP-OCRv6 detection/recognition models and a direction classifier inside the
 wheel, and its default configuration uses exactly these, so nothing is fetched at run time. It needs
 onnxruntime installed beside it.
 
 Usage counts: there is no prompt, so `prompt_tokens` is 0; `completion_tokens` is the number of *characters*
-of the answer text, since OCR has no tokens and characters are the closest honest measure.
+of the answer text, since OCR has no tokens and characters are the closest honest measure. A request's
+`max_tokens` (an API client's, `Request.requested_max_tokens`) is honoured the same way: the text is cut at
+that many characters and the answer says `finish_reason = "length"`. `[model] max_new_tokens` is a budget for
+generating models and does not cut a scan's text.
 """
 
 from __future__ import annotations
@@ -152,10 +156,11 @@ class OcrEngine:
 
 
 class OcrBackend:
-    """The `ocr` backend: reads the text of every image in the last user turn; answers no questions."""
+    """The `ocr` backend: reads the text of every image of the conversation; answers no questions."""
 
     name = "ocr"
     model_id = "rapidocr-ppocrv6"
+    answer_kind = "ocr"
 
     def __init__(self, config: Config, engine: OcrEngine | None = None) -> None:
         """`engine` lets callers share one already-built `OcrEngine` (its sessions take seconds to build)."""
@@ -199,24 +204,28 @@ class OcrBackend:
             logger.debug("job %s: image %d: %d characters", request.job_id, index, len(text))
             texts.append(text)
 
-        parts = [str(msg("ocr_no_vlm"))]
-        no_text = str(msg("ocr_no_text"))
-        if len(texts) <= 1:
-            parts.append(texts[0] if texts and texts[0] else no_text)
-        else:
-            # Several pages: label each so a reader can tell which text came from where.
-            for index, text in enumerate(texts, start=1):
-                parts.append(f"{msg('page_label', n=index)}\n{text or no_text}")
-        return "\n".join(parts), texts
+        if not any(texts):
+            return str(msg("ocr_no_text")), texts
+        if len(texts) == 1:
+            return texts[0], texts
+        # Several pages: label each so a reader can tell which text came from where.
+        no_text = str(msg("ocr_no_text_page"))
+        parts = [f"[{msg('page_label', n=index)}]\n{text or no_text}" for index, text in enumerate(texts, 1)]
+        return "\n\n".join(parts), texts
 
     def answer(self, request: Request) -> Answer:
         """Read the images of the last user turn; the question itself is not answered (see module doc)."""
         text, texts = self._read_all(request)
         logger.info("job %s: OCR read %d image(s)", request.job_id, len(texts))
+        finish = "stop"
+        limit = request.requested_max_tokens
+        if limit is not None and len(text) > limit:
+            text, finish = text[:limit], "length"
         return Answer(
             text=text,
             prompt_tokens=0,
             completion_tokens=len(text),
+            finish_reason=finish,
             extra={"ocr_text": "\n\n".join(t for t in texts if t), "ocr_texts": texts},
         )
 

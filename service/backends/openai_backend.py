@@ -182,6 +182,7 @@ class OpenAIBackend:
     """The `openai` backend: POSTs to `{base_url}/chat/completions` of a remote server."""
 
     name = "openai"
+    answer_kind = "model"
 
     def __init__(self, config: Config, *, backoff_seconds: float = 1.0) -> None:
         self.config, self.settings, self.backoff_seconds = config, config.openai, backoff_seconds
@@ -344,6 +345,7 @@ class OpenAIBackend:
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
             reasoning="\n".join(r for r in reasoning if r) or None,
+            finish_reason="length" if finish_reason == "length" else "stop",
             extra={"finish_reason": finish_reason},
         )
         logger.info(

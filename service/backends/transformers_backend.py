@@ -146,6 +146,7 @@ class TransformersBackend:
     """A GLM-4V checkpoint loaded with transformers (see the module docstring)."""
 
     name = "transformers"
+    answer_kind = "model"
 
     def __init__(self, config: Config) -> None:
         self.settings = config.model
@@ -427,7 +428,8 @@ class TransformersBackend:
             cut = next((i for i, token in enumerate(new_ids) if token in self._stop_ids), len(new_ids))
             raw = self._processor.tokenizer.decode(new_ids[:cut], skip_special_tokens=True)
             text, reasoning = split_thinking(raw) if self.settings.strip_thinking else (raw.strip(), None)
-            answers.append(Answer(text, int(prompt), cut, reasoning, {"visual_tokens": int(visual)}))
+            finish = "length" if cut >= self._max_new_tokens(request) else "stop"
+            answers.append(Answer(text, int(prompt), cut, reasoning, finish, {"visual_tokens": int(visual)}))
             gen_log.info(
                 "job %s: %d prompt tokens (%d visual), %d new tokens in %.2f s (batch of %d)",
                 request.job_id,

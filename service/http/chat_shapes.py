@@ -152,8 +152,10 @@ def _content(message: _Message, index: int) -> tuple[str, list[str]]:
 
 
 def finish_reason(job: Job, max_new_tokens: int) -> str:
-    """ "length" when the answer used every token it was allowed, else "stop"."""
-    # OCR output is not cut at max_new_tokens (its "tokens" are characters), so it always stops by itself.
+    """ "length" when the answer was cut at its token (or, for OCR, character) limit, else "stop"."""
+    if job.finish_reason:
+        return job.finish_reason
+    # Jobs recorded before finish_reason was: a model answer that used every token it was allowed.
     if job.backend != "ocr" and (job.completion_tokens or 0) >= max_new_tokens:
         return "length"
     return "stop"
