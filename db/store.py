@@ -81,6 +81,12 @@ class Store:
         """A short read-only session for query modules beside the store (db.history); never write with it."""
         return self._sessions()
 
+    @contextmanager
+    def write_session(self) -> Iterator[Session]:
+        """A short write transaction through the single writer, for store modules beside this one."""
+        with self._write() as session:
+            yield session
+
     # -- writes ------------------------------------------------------------------------------------
 
     def add_job(self, **fields: Any) -> Job:
