@@ -55,7 +55,9 @@ from bots.telegram_io import RedactToken, download_image, send_replies, send_unp
 from service.config import Config
 from service.messages import msg
 from service.queue import JobQueue
+from service.retry import Backoff
 from service.sources import NotifyError
+from service.supervisor import ComponentStatus, Supervisor
 
 log = logging.getLogger("tuwen.bots.telegram")
 
@@ -97,6 +99,14 @@ class TelegramBot:
         )
         self.album_window = album_window
         self.disabled = False
+        self.problem: str | None = None  # why it is disabled or unavailable, for /health
+        self.supervisor = Supervisor(
+            "telegram",
+            self._supervised,
+            backoff=Backoff(base=2.0, cap=120.0),
+            max_restarts=10,
+            window_seconds=600.0,
+        )
         self.ready = threading.Event()  # set once the bot is connected and receiving updates
         self._token = self.settings.token.get_secret_value().strip()
         # Without a configured secret, a random one per run still keeps strangers from posting fake
@@ -104,8 +114,8 @@ class TelegramBot:
         self._webhook_secret = self.settings.webhook_secret.get_secret_value() or secrets.token_urlsafe(32)
         self._redactor = RedactToken(self._token)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._stopping: asyncio.Event | None = None
+        self._crash: Exception | None = None
         self._bot: Bot | None = None
         self._dispatcher: Dispatcher | None = None
         self._me: User | None = None
@@ -127,23 +137,32 @@ class TelegramBot:
             # An empty URL in setWebhook would silently *remove* the webhook; Telegram insists on https.
             self._disable("webhook mode needs [telegram] webhook_url, an https:// URL", auth=False)
             return
-        self._loop = asyncio.new_event_loop()
-        self._stopping = asyncio.Event()
-        self._thread = threading.Thread(target=self._thread_main, name="tuwen-telegram", daemon=True)
-        self._thread.start()
+        self.supervisor.start()
 
     def stop(self) -> None:
         """Stop polling, cancel handlers still waiting (their jobs stay recorded) and close the session."""
-        loop, stopping, thread = self._loop, self._stopping, self._thread
-        if loop is not None and stopping is not None and thread is not None and thread.is_alive():
+        self.supervisor.stop_event.set()
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop may have closed meanwhile
                 loop.call_soon_threadsafe(stopping.set)
-            thread.join(STOP_TIMEOUT_SECONDS)
-            if thread.is_alive():
-                log.warning("the Telegram bot did not stop within %.0f s", STOP_TIMEOUT_SECONDS)
+        if self.supervisor.alive and not self.supervisor.stop(STOP_TIMEOUT_SECONDS):
+            log.warning("the Telegram bot did not stop within %.0f s", STOP_TIMEOUT_SECONDS)
         for name in AIOGRAM_LOGGERS:
             logging.getLogger(name).removeFilter(self._redactor)
         self.ready.clear()
+
+    def status(self) -> ComponentStatus:
+        """The bot's state for `/health` and `/metrics`."""
+        s = self.supervisor
+        if self.disabled:
+            return ComponentStatus(self.name, PLATFORM, "disabled", s.restarts, self.problem, s.since)
+        state = s.state
+        if state in ("starting", "running") and self.problem:
+            state = "unavailable"
+        elif state == "starting" and self.ready.is_set():
+            state = "running"
+        return ComponentStatus(self.name, PLATFORM, state, s.restarts, self.problem or s.error, s.since)
 
     def notify(
         self, recipient: str, text: str, *, image: Path | None = None, document: Path | None = None
@@ -157,19 +176,24 @@ class TelegramBot:
 
     # -- the bot's own loop ----------------------------------------------------------------------
 
-    def _thread_main(self) -> None:
-        assert self._loop is not None
-        asyncio.set_event_loop(self._loop)
+    def _supervised(self, stop: threading.Event) -> None:
+        """One life of the bot's event loop; an exception here is a crash the supervisor restarts."""
+        loop = asyncio.new_event_loop()
+        self._loop, self._stopping, self._crash = loop, None, None
+        asyncio.set_event_loop(loop)
         try:
-            self._loop.run_until_complete(self._main())
-        except Exception:
-            log.exception("the Telegram bot stopped unexpectedly; the rest of the service runs on")
+            loop.run_until_complete(self._main(stop))
         finally:
-            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
-            self._loop.close()
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+            self.ready.clear()
+        if self._crash is not None and not stop.is_set() and not self.disabled:
+            raise self._crash  # polling died: restart with backoff instead of going silent
 
-    async def _main(self) -> None:
-        assert self._stopping is not None
+    async def _main(self, stop: threading.Event) -> None:
+        self._stopping = asyncio.Event()
+        if stop.is_set():  # stop() ran before this loop had its event
+            return
         try:
             api = TelegramAPIServer.from_base(self.settings.api_base)
             bot = Bot(self._token, session=AiohttpSession(api=api))
@@ -180,10 +204,12 @@ class TelegramBot:
         dispatcher.message.register(self._on_message)
         self._bot, self._dispatcher = bot, dispatcher
         runner = asyncio.create_task(self._run(bot, dispatcher))
-        stopper = asyncio.create_task(self._stopping.wait())
+        stopper = asyncio.create_task(self._until_stopped(stop))
         await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if runner.done() and not runner.cancelled() and runner.exception() is not None:
-            log.error("the Telegram bot failed: %s", self._redactor.redact(repr(runner.exception())))
+            failure = runner.exception()
+            log.error("the Telegram bot failed: %s", self._redactor.redact(repr(failure)))
+            self._crash = RuntimeError(self._redactor.redact(f"{type(failure).__name__}: {failure}"))
         with contextlib.suppress(RuntimeError, TimeoutError):  # RuntimeError: polling had not started
             await asyncio.wait_for(dispatcher.stop_polling(), STOP_TIMEOUT_SECONDS / 2)
         # Whatever is left (the connect loop, handlers waiting for answers, album timers) is cancelled: the
@@ -193,6 +219,15 @@ class TelegramBot:
             task.cancel()
         await asyncio.wait(others, timeout=STOP_TIMEOUT_SECONDS / 2) if others else None
         await bot.session.close()
+
+    async def _until_stopped(self, stop: threading.Event) -> None:
+        """Until `stop()`: its asyncio event, or the supervisor's threading event (set before the loop)."""
+        assert self._stopping is not None
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 0.5)
+                return
+        self._stopping.set()
 
     async def _run(self, bot: Bot, dispatcher: Dispatcher) -> None:
         me = await self._connect(bot, dispatcher)
@@ -241,7 +276,8 @@ class TelegramBot:
             ) as exc:
                 if not warned:
                     reason = self._redactor.redact(f"{type(exc).__name__}: {exc}")
-                    log.warning("%s", msg("bot_unavailable", platform="Telegram", reason=reason))
+                    self.problem = str(msg("bot_unavailable", platform="Telegram", reason=reason))
+                    log.warning("%s", self.problem)
                     warned = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)
@@ -251,13 +287,15 @@ class TelegramBot:
                 return None
             if warned:
                 log.info("%s", msg("bot_recovered", platform="Telegram"))
+            self.problem = None
             return me
 
     def _disable(self, reason: str, *, auth: bool = True) -> None:
         self.disabled = True
-        log.error(
-            "%s", msg("bot_auth_failed" if auth else "bot_disabled", platform="Telegram", reason=reason)
+        self.problem = str(
+            msg("bot_auth_failed" if auth else "bot_disabled", platform="Telegram", reason=reason)
         )
+        log.error("%s", self.problem)
 
     # -- messages --------------------------------------------------------------------------------
 

@@ -46,7 +46,9 @@ from bots.wechat_child import INITIAL_RETRY_SECONDS, ChildSettings, run_child
 from service.config import Config
 from service.messages import msg
 from service.queue import JobQueue
+from service.retry import Backoff
 from service.sources import NotifyError
+from service.supervisor import ComponentStatus, Supervisor
 
 log = logging.getLogger("tuwen.bots.wechat")
 
@@ -89,9 +91,18 @@ class WeChatBot:
         self.retry_delays: list[float] = []
         self._unavailable = False
         self._fatal = False
+        self._fatal_reason: str | None = None
+        self._last_reason: str | None = None
         self._photos: dict[tuple[str, str], _GroupPhotos] = {}
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.problem: str | None = None  # why it did not start, for /health
+        self.supervisor = Supervisor(
+            "wechat",
+            lambda stop: asyncio.run(self._supervise()),
+            backoff=Backoff(base=2.0, cap=120.0),
+            max_restarts=10,
+            window_seconds=600.0,
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._conn: Any = None
@@ -104,23 +115,36 @@ class WeChatBot:
     def start(self) -> None:
         """Start supervising the wechaty process; never blocks, never raises for a missing extra."""
         if importlib.util.find_spec("wechaty") is None:
-            log.error("%s", msg("wechat_not_installed", reason="No module named 'wechaty'"))
+            self.problem = str(msg("wechat_not_installed", reason="No module named 'wechaty'"))
+            log.error("%s", self.problem)
             return
         token = self.settings.token.get_secret_value()
         from_env = os.environ.get("WECHATY_PUPPET_SERVICE_TOKEN") or os.environ.get(
             "WECHATY_PUPPET_SERVICE_ENDPOINT"
         )
         if not (token or self.settings.endpoint or from_env or self.puppet_factory):
-            log.error("%s", msg("wechat_not_configured", reason="[wechat] endpoint and token are empty"))
+            self.problem = str(msg("wechat_not_configured", reason="[wechat] endpoint and token are empty"))
+            log.error("%s", self.problem)
             return
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._run, name="tuwen-wechat", daemon=True)
-        self._thread.start()
+        self.supervisor.start()
 
     @property
     def running(self) -> bool:
         """Whether the bridge (and so a wechaty process, or a wait to restart one) is running."""
-        return self._thread is not None and self._thread.is_alive()
+        return self.supervisor.alive
+
+    def status(self) -> ComponentStatus:
+        """The bot's state for `/health` and `/metrics`."""
+        s = self.supervisor
+        if self.problem is not None:
+            return ComponentStatus(self.name, "wechat", "disabled", s.restarts, self.problem, s.since)
+        if self._fatal:
+            return ComponentStatus(self.name, "wechat", "failed", s.restarts, self._fatal_reason, s.since)
+        state = s.state
+        if state in ("starting", "running"):
+            state = "running" if self.online else ("unavailable" if self._unavailable else "starting")
+        return ComponentStatus(self.name, "wechat", state, s.restarts, self._last_reason or s.error, s.since)
 
     def stop(self) -> None:
         """Stop the wechaty process and the bridge; returns within a few seconds."""
@@ -129,11 +153,8 @@ class WeChatBot:
         if loop is not None and wake is not None:
             with contextlib.suppress(RuntimeError):  # the loop already ended
                 loop.call_soon_threadsafe(wake.set)
-        if self._thread is not None:
-            self._thread.join(CHILD_STOP_SECONDS + 3.0)
-            if self._thread.is_alive():
-                log.warning("WeChat bridge did not stop in time; leaving it to exit with the service")
-            self._thread = None
+        if self.supervisor.alive and not self.supervisor.stop(CHILD_STOP_SECONDS + 3.0):
+            log.warning("WeChat bridge did not stop in time; leaving it to exit with the service")
 
     def notify(
         self, recipient: str, text: str, *, image: Path | None = None, document: Path | None = None
@@ -168,14 +189,9 @@ class WeChatBot:
 
     # -- supervision -----------------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        # Our own loop in our own thread: ChatCore awaits jobs here, and nothing wechaty does can stop it.
-        try:
-            asyncio.run(self._supervise())
-        except Exception:
-            log.exception("WeChat bridge failed; the rest of the service runs on")
-
     async def _supervise(self) -> None:
+        # Our own loop on the supervisor's thread: ChatCore awaits jobs here, nothing wechaty does can stop
+        # it, and an exception restarts the bridge with backoff.
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         if self._stopping.is_set():  # stop() ran before the loop existed and could not wake it
@@ -269,6 +285,7 @@ class WeChatBot:
 
     def _on_state(self, state: dict[str, Any]) -> None:
         reason = state.get("reason", "")
+        self._last_reason = reason or None
         if state["state"] == "online":
             self.online = True
             if self._unavailable:
@@ -288,7 +305,7 @@ class WeChatBot:
                     "WeChat still unavailable (%s); retrying in %.1f s", reason, state.get("retry_in", 0)
                 )
         elif state["state"] == "fatal":
-            self._fatal = True
+            self._fatal, self._fatal_reason = True, reason
             log.error("%s", reason)
 
     # -- messages --------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from service.config import Config
 from service.messages import msg
 from service.queue import JobQueue
 from service.sources import NotifyError
+from service.supervisor import ComponentStatus
 
 log = logging.getLogger("tuwen.bots.wecom")
 
@@ -101,6 +102,7 @@ class WeComBot:
         self._running = False
         self._paused_until = 0.0  # sending paused after rejected credentials
         self._unavailable = False
+        self._problem: str | None = None
         self._last_refusal_logged = -REFUSAL_LOG_SECONDS
         self.http_router = self._build_router()
 
@@ -112,6 +114,17 @@ class WeComBot:
             raise RuntimeError(str(msg("wecom_not_configured", reason=self.config_problem)))
         self._running = True
         log.info("WeCom callback ready at %s (agent %d)", self.wecom.callback_path, self.wecom.agent_id)
+
+    def status(self) -> ComponentStatus:
+        """The bot's state for `/health` and `/metrics`: it runs inside the HTTP server, so no restarts."""
+        if self.config_problem:
+            reason = str(msg("wecom_not_configured", reason=self.config_problem))
+            return ComponentStatus(self.name, PLATFORM, "disabled", error=reason)
+        if self._paused_until:
+            return ComponentStatus(self.name, PLATFORM, "disabled", error=self._problem)
+        if self._unavailable:
+            return ComponentStatus(self.name, PLATFORM, "unavailable", error=self._problem)
+        return ComponentStatus(self.name, PLATFORM, "running" if self._running else "stopped")
 
     def stop(self) -> None:
         """Refuse new callbacks (503, so WeCom retries later) and cancel work in hand within seconds."""
@@ -321,15 +334,17 @@ class WeComBot:
         first = self._paused_until == 0.0
         self._paused_until = time.monotonic() + AUTH_RETRY_SECONDS
         reason = self.api.redact(str(exc))
+        self._problem = str(msg("bot_auth_failed", platform=PLATFORM_NAME, reason=reason))
         if first:
-            log.error("%s", msg("bot_auth_failed", platform=PLATFORM_NAME, reason=reason))
+            log.error("%s", self._problem)
         else:
             log.warning("WeCom credentials still rejected (%s); trying again later", reason)
 
     def _mark_unavailable(self, reason: str) -> None:
         if not self._unavailable:
             self._unavailable = True
-            log.warning("%s", msg("bot_unavailable", platform=PLATFORM_NAME, reason=reason))
+            self._problem = str(msg("bot_unavailable", platform=PLATFORM_NAME, reason=reason))
+            log.warning("%s", self._problem)
 
     def _mark_available(self) -> None:
         if self._unavailable or self._paused_until:

@@ -9,6 +9,7 @@ the lock: WAL lets them read while a write is in progress. A second process (`tu
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -17,9 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, func, or_, select, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Job, JobStatus, ReviewStatus, utcnow
+from service.errors import StorageUnavailable
+from service.messages import Message, msg
+from service.retry import Availability
 
 log = logging.getLogger("tuwen.db")
 
@@ -47,6 +52,15 @@ class Store:
         event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = threading.Lock()
+        self._version_lock = threading.Lock()
+        self._version_conn: sqlite3.Connection | None = None
+        # Whether writes work right now (disk full, remounted read-only, locked): /health shows it.
+        self.health = Availability(
+            log,
+            "database",
+            describe_down=lambda reason: reason,
+            describe_up=lambda: str(msg("storage_recovered")),
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -62,8 +76,23 @@ class Store:
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "head")
 
+    def data_version(self) -> int:
+        """SQLite's `data_version`: it changes when another connection (another process) commits.
+
+        The worker polls it while idle, so a job written by `tuwen ask` in another process is claimed
+        within a fraction of a second without querying the jobs table over and over.
+        """
+        with self._version_lock:
+            if self._version_conn is None:
+                self._version_conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+            return int(self._version_conn.execute("PRAGMA data_version").fetchone()[0])
+
     def close(self) -> None:
         """Checkpoint the WAL and release connections."""
+        with self._version_lock:
+            if self._version_conn is not None:
+                self._version_conn.close()
+                self._version_conn = None
         with self._write_lock:
             with self.engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -71,8 +100,18 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
-        with self._write_lock, self._sessions.begin() as session:
-            yield session
+        """One write transaction through the single writer; storage faults become `StorageUnavailable`."""
+        try:
+            with self._write_lock, self._sessions.begin() as session:
+                yield session
+        except (DBAPIError, OSError) as exc:
+            fault = storage_fault(exc, self.path)
+            if fault is None:
+                raise
+            self.health.failed(str(fault.message), code=fault.code, error=True)
+            raise fault from exc
+        if not self.health.available:
+            self.health.ok()
 
     def _read(self) -> Session:
         return self._sessions()
@@ -98,7 +137,12 @@ class Store:
             return job
 
     def claim(
-        self, limit: int, *, uids: Sequence[str] | None = None, alone_at_or_below: int = 0
+        self,
+        limit: int,
+        *,
+        uids: Sequence[str] | None = None,
+        alone_at_or_below: int = 0,
+        node: str | None = None,
     ) -> list[Job]:
         """Atomically move up to `limit` due queued jobs of the most urgent priority to `running`.
 
@@ -126,7 +170,7 @@ class Store:
             session.execute(
                 update(Job)
                 .where(Job.id.in_(ids))
-                .values(status=JobStatus.RUNNING, started_at=now, attempts=Job.attempts + 1)
+                .values(status=JobStatus.RUNNING, started_at=now, attempts=Job.attempts + 1, node=node)
             )
             return list(session.scalars(select(Job).where(Job.id.in_(ids)).order_by(Job.id)))
 
@@ -161,6 +205,26 @@ class Store:
                 update(Job).where(Job.id.in_(list(job_ids)), Job.status == JobStatus.RUNNING).values(**values)
             )
             return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    def requeue_timed_out(self, job_id: int) -> None:
+        """Give a job that outlived the job timeout its one retry (the attempt is not counted)."""
+        with self._write() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+                .values(
+                    status=JobStatus.QUEUED,
+                    started_at=None,
+                    timeouts=Job.timeouts + 1,
+                    attempts=func.max(Job.attempts - 1, 0),
+                )
+            )
+
+    def running_claims(self) -> list[tuple[int, str | None]]:
+        """(job id, claiming node) of every running job."""
+        with self._read() as session:
+            rows = session.execute(select(Job.id, Job.node).where(Job.status == JobStatus.RUNNING)).all()
+            return [(int(job_id), node) for job_id, node in rows]
 
     def requeue_stale_running(self) -> int:
         """At start-up: jobs left `running` by a crash or power cut go back to the queue."""
@@ -311,6 +375,29 @@ class Store:
                 .limit(1)
             ).first()
 
+    def uncatalogued_jobs(self, source: str, source_ref: str, limit: int = 10_000) -> list[Job]:
+        """Finished jobs of one source instance whose catalogue row was never written, oldest first."""
+        with self._read() as session:
+            return list(
+                session.scalars(
+                    select(Job)
+                    .where(
+                        Job.source == source,
+                        Job.source_ref == source_ref,
+                        Job.status.in_([JobStatus.DONE, JobStatus.FAILED]),
+                        Job.catalogued == 0,
+                        Job.file_path.is_not(None),
+                    )
+                    .order_by(Job.id)
+                    .limit(limit)
+                )
+            )
+
+    def mark_catalogued(self, job_id: int) -> None:
+        """Record that the job's catalogue row is on disk."""
+        with self._write() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(catalogued=1))
+
     def list_jobs(self, status: str | None = None, limit: int = 50, source: str | None = None) -> list[Job]:
         """Newest jobs first, optionally filtered."""
         with self._read() as session:
@@ -346,6 +433,38 @@ class Store:
         """SQLite's own integrity check ('ok' when healthy)."""
         with self.engine.connect() as conn:
             return str(conn.execute(text("PRAGMA integrity_check")).scalar())
+
+
+# SQLite's own words for the faults a running service should wait out (sqlite3 error messages and codes).
+_FAULTS: tuple[tuple[str, str], ...] = (
+    ("database or disk is full", "disk_full"),
+    ("no space left", "disk_full"),
+    ("readonly database", "read_only"),
+    ("read-only file system", "read_only"),
+    ("database is locked", "busy"),
+    ("database table is locked", "busy"),
+    ("disk i/o error", "io"),
+    ("unable to open database file", "io"),
+)
+
+
+def storage_fault(exc: BaseException, path: Path) -> StorageUnavailable | None:
+    """The transient storage fault behind `exc` (disk full, read-only, locked, I/O), or None."""
+    text_ = str(getattr(exc, "orig", None) or exc).lower()
+    errno_ = getattr(getattr(exc, "orig", exc), "errno", None)
+    kind = next((kind for needle, kind in _FAULTS if needle in text_), None)
+    if kind is None and errno_ == 28:  # ENOSPC
+        kind = "disk_full"
+    if kind is None and errno_ == 30:  # EROFS
+        kind = "read_only"
+    if kind is None:
+        return None
+    message: Message
+    if kind == "io":
+        message = msg("storage_io", path=path, reason=text_.strip()[:200])
+    else:
+        message = msg(f"storage_{kind}", path=path)
+    return StorageUnavailable(message, kind)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -11,19 +11,21 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import time
-from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-import uvicorn
-
-from db.store import Store
 from service.backends.registry import create_backend
 from service.config import Config
+from service.errors import StartupError
+from service.http.server import QuietServer, uvicorn_config
 from service.messages import msg
+from service.nodes import NodeHeartbeat, requeue_orphans
 from service.queue import JobQueue
 from service.registry import build_sources
 from service.sources import Notifier, Source, collect_notifiers
+from service.storage import open_store
+from service.supervisor import ComponentStatus
 from service.worker import BackendFactory, ModelWorker
 
 if TYPE_CHECKING:
@@ -48,14 +50,20 @@ class App:
     ) -> None:
         self.config = config
         self.started_at = time.time()
-        config.storage.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(config.db_path)
-        self.store.migrate()
-        requeued = self.store.requeue_stale_running()
+        self.store = open_store(config)  # StartupError with a plain message when it cannot be used
+        requeued = requeue_orphans(self.store, config.node.lease_seconds, config.node.name)
         if requeued:
             log.warning("re-queued %d job(s) left running by an earlier stop or crash", requeued)
         self.queue = JobQueue(self.store)
-        self.worker = ModelWorker(config, self.store, self.queue, backend_factory, only_uids=only_uids)
+        self.worker = ModelWorker(
+            config, self.store, self.queue, backend_factory, only_uids=only_uids, node=config.node.name
+        )
+        # Only the resident service is a node: a one-shot CLI run hands its jobs to one instead.
+        self.heartbeat = (
+            NodeHeartbeat(self.store, config.node.name, config.model.backend, config.node.heartbeat_seconds)
+            if with_sources
+            else None
+        )
         self.sources: list[Source] = build_sources(config, self.queue) if with_sources else []
         self._started: list[Source] = []
         # Sources that need HTTP routes (a WeCom callback, a Telegram webhook) add FastAPI routers here
@@ -73,6 +81,9 @@ class App:
 
     def start(self) -> None:
         """Start the worker, then each source (a source that fails to start is logged, not fatal)."""
+        if self.heartbeat is not None:
+            self.heartbeat.register()
+            self.heartbeat.start()
         self.worker.start()
         for source in self.sources:
             try:
@@ -111,36 +122,42 @@ class App:
                 log.exception("stopping %s failed", source.name)
         self._started.clear()
         self.worker.stop(STOP_TIMEOUT_SECONDS)
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         self.store.close()
         log.info("stopped cleanly")
 
-    async def serve_forever(self) -> None:
-        """Run until SIGTERM/SIGINT: worker, sources and the HTTP server."""
+    def components(self) -> list[ComponentStatus]:
+        """The state of the worker and of every source, as `/health` and `/metrics` show them."""
+        found = [self.worker.status()]
+        for source in self.sources:
+            status = getattr(source, "status", None)
+            if callable(status):
+                found.append(status())
+        return found
+
+    async def serve_forever(self) -> int:
+        """Run until SIGTERM/SIGINT: worker, sources and the HTTP server. Returns the exit status.
+
+        The port is bound before anything starts: a port in use is a configuration problem, and a service
+        running without its web server (no /health, no API) would look alive to nobody. It exits 1 with a
+        plain message instead, so systemd or compose restart it once the port is free.
+        """
         loop = asyncio.get_running_loop()
         stop_event = asyncio.Event()
+        http = self.config.http
+        sock = bind_socket(http.host, http.port) if http.enabled else None
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop_event.set)
         self.start()
-        server: _Server | None = None
+        server: QuietServer | None = None
         server_task: asyncio.Task[None] | None = None
-        if self.config.http.enabled:
+        if sock is not None:
             from service.http.app import create_http_app
 
-            server = _Server(
-                uvicorn.Config(
-                    create_http_app(self),
-                    host=self.config.http.host,
-                    port=self.config.http.port,
-                    log_level="warning",
-                    lifespan="off",
-                    # A chat stream still open at shutdown gets this long, then is cut.
-                    timeout_graceful_shutdown=5,
-                )
-            )
-            server_task = asyncio.create_task(
-                _serve_http(server, self.config.http.host, self.config.http.port)
-            )
-            log.info("HTTP on http://%s:%d (GET /health)", self.config.http.host, self.config.http.port)
+            server = QuietServer(uvicorn_config(create_http_app(self), self.config))
+            server_task = asyncio.create_task(server.serve(sockets=[sock]))
+            log.info("HTTP on http://%s:%d (GET /health)", http.host, sock.getsockname()[1])
         await stop_event.wait()
         log.info("stopping: no new events are taken")
         if server is not None and server_task is not None:
@@ -151,19 +168,19 @@ class App:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server_task, timeout=10)
         await asyncio.to_thread(self.stop)
+        return 0
 
 
-async def _serve_http(server: uvicorn.Server, host: str, port: int) -> None:
-    # uvicorn exits the process when it cannot bind; the folders and the model must keep working.
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The listening socket for `[http]`; `StartupError` with a plain message when the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        await server.serve()
-    except SystemExit:
-        log.error("%s", msg("http_bind_failed", host=host, port=port))
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: `App.serve_forever` owns SIGTERM/SIGINT."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(msg("http_bind_failed", host=host, port=port, reason=exc.strerror or exc)) from exc
+    sock.set_inheritable(True)
+    return sock

@@ -2,48 +2,48 @@
 
 Every file becomes a job like the watcher's (source "batch"), so the run is in the history. Running the
 same command again after an interruption picks up where it stopped: files already answered with the same
-prompt are not sent to the model again, and jobs the interrupted run had queued are adopted.
+prompt are not sent to the model again, and jobs the interrupted run had queued are adopted. Beside a
+running `tuwen serve` the jobs go to the service (`service.oneshot`). With `--sidecars` every file gets its
+sidecars, also those answered by an earlier, interrupted run, and those the service answered for us.
 """
 
 from __future__ import annotations
 
 import csv
-import fnmatch
 import os
 import sys
-import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from tqdm import tqdm
 
 from db.models import Job, JobStatus
+from service.config import WatchConfig
 from service.csvcells import spreadsheet_cell
 from service.events import Event, Priority
+from service.files import display_path
 from service.images import sha256_file
 from service.messages import msg
+from service.oneshot import OneShot, RunAborted
 from service.queue import prompt_hash
+from watchers.scanning import compile_patterns
 
 
 def collect_files(folder: Path, ignores: Iterable[str], recursive: bool = True) -> list[Path]:
-    """Files under `folder`, ignored names (and ignored folders) left out, in a stable order."""
-    patterns = tuple(ignores)
+    """Regular files under `folder`, ignored names (and ignored folders) left out, in a stable order."""
+    ignore = compile_patterns(ignores)
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(
-            d for d in dirnames if recursive and not any(fnmatch.fnmatch(d, p) for p in patterns)
-        )
-        found.extend(
-            Path(dirpath) / name
-            for name in sorted(filenames)
-            if not any(fnmatch.fnmatch(name, p) for p in patterns)
-        )
+        dirnames[:] = sorted(d for d in dirnames if recursive and not ignore.match(d))
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if not ignore.match(name) and path.is_file():
+                found.append(path)
     return found
 
 
 def run_batch(
-    app: Any,
+    run: OneShot,
     folder: Path,
     prompt: str,
     *,
@@ -55,25 +55,26 @@ def run_batch(
     """Answer every file; print a summary; 0 when all are done, 1 when some failed or nothing was found."""
     files = collect_files(folder, ignores, recursive)
     if not files:
-        print(str(msg("cli_no_images", path=folder)), file=sys.stderr)
-        app.store.close()
+        print(str(msg("cli_no_images", path=display_path(folder))), file=sys.stderr)
         return 1
     wanted_hash = prompt_hash(prompt)
     uids: list[str] = []
     finished: dict[str, Job] = {}
     for path in files:
         st = path.stat()
-        previous = app.store.latest_job_for_file(str(path), st.st_size, st.st_mtime, wanted_hash)
+        previous = run.store.latest_job_for_file(display_path(path), st.st_size, st.st_mtime, wanted_hash)
         if previous is not None and previous.status in (JobStatus.DONE, JobStatus.FAILED):
             finished[previous.uid] = previous
             uids.append(previous.uid)
             continue
         if previous is not None:  # queued by an interrupted run: adopt it
             uids.append(previous.uid)
+            if run.worker is not None:
+                run.worker.answer_only({previous.uid})
             continue
         event = Event(
             source="batch",
-            source_ref=str(folder),
+            source_ref=display_path(folder),
             question=prompt,
             images=(str(path),),
             priority=Priority.CLI,
@@ -81,54 +82,52 @@ def run_batch(
             file_size=st.st_size,
             file_mtime=st.st_mtime,
         )
-        uids.append(app.queue.submit(event, dedup=True).uid)
+        uids.append(run.submit(event, dedup=True).uid)
 
-    watch = None
-    if sidecars:
-        from service.config import WatchConfig
-        from watchers.output import write_sidecars_for_job
-
-        watch = WatchConfig(path=folder, prompt=prompt)
+    watch = WatchConfig(path=folder, prompt=prompt) if sidecars else None
+    write = _sidecar_writer(watch)
+    for job in finished.values():
+        write(job)  # answered by an earlier run: its sidecars may never have been written
     progress = tqdm(total=len(uids), initial=len(finished), unit="file", desc="tuwen batch")
-    lock = threading.Lock()
-    all_done = threading.Event()
-    if len(finished) == len(uids):
-        all_done.set()
 
     def on_finished(job: Job) -> None:
-        if job.uid not in uids:
-            return
-        if watch is not None:
-            write_sidecars_for_job(job, watch, catalogue=False)
-        with lock:
-            finished[job.uid] = job
-            progress.update(1)
-            if len(finished) == len(uids):
-                all_done.set()
+        write(job)
+        finished[job.uid] = job
+        progress.update(1)
 
-    app.queue.add_finished_listener(on_finished)
-    app.worker.answer_only(set(uids))
-    app.start()
+    status = 0
+    run.start()
     try:
-        while not all_done.wait(0.5):
-            if app.worker.state in ("failed", "dead"):
-                print(str(app.worker.error), file=sys.stderr)
-                break
+        run.wait([uid for uid in uids if uid not in finished], on_finished)
+    except RunAborted as exc:
+        print(str(exc.message), file=sys.stderr)
+        status = 1
     except KeyboardInterrupt:
-        print(
-            "\n已中断；再次运行同一命令即可继续 / interrupted; run the same command again to resume",
-            file=sys.stderr,
-        )
+        progress.close()
+        done_now = sum(1 for job in finished.values() if job.status == JobStatus.DONE)
+        print(str(msg("cli_batch_interrupted", done=done_now, total=len(uids))), file=sys.stderr)
+        return 130
     finally:
         progress.close()
-        app.stop()
     jobs = [finished[uid] for uid in uids if uid in finished]
     done = sum(1 for job in jobs if job.status == JobStatus.DONE)
     failed = sum(1 for job in jobs if job.status == JobStatus.FAILED)
     if csv_out is not None:
         write_results_csv(csv_out, jobs)
-    print(f"完成 {done}，失败 {failed}，共 {len(uids)} / done {done}, failed {failed}, of {len(uids)}")
-    return 0 if done == len(uids) else 1
+    print(str(msg("cli_batch_summary", done=done, failed=failed, total=len(uids))))
+    return status or (0 if done == len(uids) else 1)
+
+
+def _sidecar_writer(watch: WatchConfig | None):  # type: ignore[no-untyped-def]
+    if watch is None:
+        return lambda job: None
+    from watchers.output import write_sidecars_for_job
+
+    def write(job: Job) -> None:
+        if job.file_path:
+            write_sidecars_for_job(job, watch)
+
+    return write
 
 
 def write_results_csv(path: Path, jobs: Iterable[Job]) -> None:

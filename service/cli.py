@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from service import __version__
-from service.config import DEFAULT_IGNORE, Config, load_config
+from service.config import DEFAULT_IGNORE, DEFAULT_PROMPT, Config, load_config
 from service.errors import ConfigError
 from service.logs import setup_logging
 from service.messages import msg
@@ -123,47 +123,69 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
     from service.app import App
+    from service.errors import StartupError
 
-    app = App(config)
-    asyncio.run(app.serve_forever())
-    return 0
+    try:
+        app = App(config)
+        return asyncio.run(app.serve_forever())
+    except StartupError as exc:
+        # One plain paragraph, no traceback; a non-zero exit so systemd or compose restart us once fixed.
+        log.error("%s", exc.message)
+        return 1
 
 
-def _one_shot_app(config: Config) -> Any:
-    from service.app import App
+def _one_shot(config: Config) -> Any:
+    """The queue and answerer for `ask`/`batch`; None (after printing why) when the database is unusable."""
+    from service.errors import StartupError
+    from service.oneshot import OneShot
 
-    config.http.enabled = False
-    return App(config, with_sources=False, only_uids=set())
+    try:
+        return OneShot(config)
+    except StartupError as exc:
+        print(str(exc.message), file=sys.stderr)
+        return None
 
 
 def _ask(config: Config, args: argparse.Namespace) -> int:
     from service.events import Event, Priority
     from service.images import sha256_file
+    from service.oneshot import RunAborted
 
     image = Path(args.image).resolve()
     if not image.is_file():
         print(str(msg("image_unreadable", reason=f"{image}: not found")), file=sys.stderr)
         return 1
-    question = args.question or (config.watch[0].prompt if config.watch else "请描述这张图片")
+    question = args.question or (config.watch[0].prompt if config.watch else DEFAULT_PROMPT)
+    run = _one_shot(config)
+    if run is None:
+        return 1
     st = image.stat()
-    app = _one_shot_app(config)
-    job = app.queue.submit(
-        Event(
-            source="cli",
-            question=question,
-            images=(str(image),),
-            priority=Priority.CLI,
-            sha256=sha256_file(image),
-            file_size=st.st_size,
-            file_mtime=st.st_mtime,
-        )
-    )
-    app.worker.answer_only({job.uid})
-    app.start()
+    finished: list[Any] = []
     try:
-        result = app.queue.result(job.uid).result()
+        job = run.submit(
+            Event(
+                source="cli",
+                question=question,
+                images=(str(image),),
+                priority=Priority.CLI,
+                sha256=sha256_file(image),
+                file_size=st.st_size,
+                file_mtime=st.st_mtime,
+            )
+        )
+        run.start()
+        run.wait([job.uid], finished.append)
+    except RunAborted as exc:
+        print(str(exc.message), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # One line, no traceback: what happened to the question and how to see its answer later.
+        key = "cli_ask_interrupted_service" if run.service else "cli_ask_interrupted"
+        print(f"\n{msg(key)}", file=sys.stderr)
+        return 130
     finally:
-        app.stop()
+        run.close()
+    result = finished[0]
     if args.json:
         print(json.dumps(_job_dict(result), ensure_ascii=False, indent=2))
     elif result.status == "done":
@@ -177,17 +199,25 @@ def _batch(config: Config, args: argparse.Namespace) -> int:
     from service.batch import run_batch
 
     folder = Path(args.folder).resolve()
-    prompt = args.prompt or (config.watch[0].prompt if config.watch else "请描述这张图片")
-    app = _one_shot_app(config)
-    return run_batch(
-        app,
-        folder,
-        prompt,
-        recursive=not args.no_recursive,
-        ignores=DEFAULT_IGNORE,
-        csv_out=Path(args.csv_out) if args.csv_out else None,
-        sidecars=args.sidecars,
-    )
+    prompt = args.prompt or (config.watch[0].prompt if config.watch else DEFAULT_PROMPT)
+    run = _one_shot(config)
+    if run is None:
+        return 1
+    try:
+        return run_batch(
+            run,
+            folder,
+            prompt,
+            recursive=not args.no_recursive,
+            ignores=DEFAULT_IGNORE,
+            csv_out=Path(args.csv_out) if args.csv_out else None,
+            sidecars=args.sidecars,
+        )
+    except KeyboardInterrupt:  # while queueing, before the progress bar
+        print(f"\n{msg('cli_batch_interrupted', done=0, total='?')}", file=sys.stderr)
+        return 130
+    finally:
+        run.close()
 
 
 def _jobs(config: Config, args: argparse.Namespace) -> int:
@@ -271,6 +301,8 @@ def _job_dict(job: Any) -> dict[str, Any]:
         "file_path",
         "question",
         "answer",
+        "answer_kind",
+        "finish_reason",
         "ocr_text",
         "error",
         "error_code",

@@ -83,6 +83,8 @@ class ModelConfig(Strict):
     strip_thinking: bool = True
     warmup: bool = True
     ocr_step: bool = False
+    # A job in hand longer than this is stuck: /health says so, the worker restarts, the job is retried once.
+    job_timeout_seconds: float = Field(600.0, gt=0)
 
 
 class ImagesConfig(Strict):
@@ -113,6 +115,13 @@ class HttpConfig(Strict):
     allow_image_urls: bool = False
     image_url_timeout_seconds: float = Field(10.0, gt=0, le=120)
     model_name: str = "tuwen"
+    # Hostile or slow clients: connections, images and time a request may take before it is refused.
+    max_connections: int = Field(256, ge=4, le=100_000)
+    header_timeout_seconds: float = Field(10.0, gt=0, le=600)
+    body_timeout_seconds: float = Field(60.0, gt=0, le=3600)
+    keep_alive_seconds: float = Field(5.0, ge=1, le=600)
+    max_images_per_request: int = Field(8, ge=1, le=100)
+    max_pixels_per_request: int = Field(200_000_000, ge=1_000_000)
 
 
 class KioskConfig(Strict):
@@ -142,6 +151,21 @@ class QueueConfig(Strict):
     max_attempts: int = Field(5, ge=1, le=100)
     retry_base_seconds: float = Field(2.0, gt=0)
     retry_max_seconds: float = Field(300.0, gt=0)
+
+
+def _host_name() -> str:
+    import socket
+
+    return socket.gethostname() or "tuwen"
+
+
+class NodeConfig(Strict):
+    """`[node]`: this `tuwen serve` among others sharing one database."""
+
+    name: str = Field(default_factory=_host_name, min_length=1, max_length=128)
+    # A node writes its heartbeat this often; one silent for `lease_seconds` is taken for dead.
+    heartbeat_seconds: float = Field(10.0, gt=0, le=3600)
+    lease_seconds: float = Field(60.0, gt=0, le=86400)
 
 
 class LoggingConfig(Strict):
@@ -307,6 +331,9 @@ class WatchConfig(Strict):
     output_dir: Path | None = None
     catalogue: bool = False
     tags: list[str] = Field(default_factory=list)
+    # Symbolic links to files outside the folder are not followed unless asked: a link to /etc or to
+    # another department's share should not become a job.
+    follow_links: bool = False
 
     @field_validator("prompt")
     @classmethod
@@ -336,6 +363,7 @@ class Config(Strict):
     http: HttpConfig = Field(default_factory=HttpConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    node: NodeConfig = Field(default_factory=NodeConfig)
     kiosk: KioskConfig = Field(default_factory=KioskConfig)
     feed: FeedConfig = Field(default_factory=FeedConfig)
     telegram: TelegramConfig = Field(default_factory=TelegramConfig)

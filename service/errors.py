@@ -42,3 +42,23 @@ class ConfigError(Exception):
         super().__init__(f"{source}:\n" + "\n".join(lines))
         self.source = source
         self.lines = lines
+
+
+class StorageUnavailable(TransientError):
+    """The database cannot be written right now: the disk is full, it is read-only or it is locked.
+
+    Transient: the worker and the watchers wait and try again with backoff, and resume by themselves once
+    storage is writable again. `kind` is "disk_full", "read_only", "busy" or "io".
+    """
+
+    def __init__(self, message: Message, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class StartupError(Exception):
+    """`tuwen serve` cannot start (database, data folder or port unusable): say why, exit non-zero."""
+
+    def __init__(self, message: Message) -> None:
+        super().__init__(str(message))
+        self.message = message

@@ -47,4 +47,6 @@ class Event:
     sha256: str | None = None
     file_size: int | None = None
     file_mtime: float | None = None
+    # Things a person should know about the job that are not failures: ({"code", "params"}, ...).
+    notes: tuple[dict[str, object], ...] = ()
     extra: dict[str, object] = field(default_factory=dict)

@@ -1,44 +1,97 @@
 """Logging set-up: stderr (journald picks it up), logger names that tell subsystems apart, secrets redacted.
 
-Logger names: `tuwen.vision` (image decoding and preprocessing), `tuwen.generate` (model generation),
-`tuwen.service*` (queue, worker, lifecycle), `tuwen.watch` (folders), `tuwen.db`.
+Logger names follow the modules: `tuwen.vision` (image decoding and preprocessing), `tuwen.generate` (model
+generation in the backends), `tuwen.service.*` (queue, worker, lifecycle), `tuwen.watch` (folders),
+`tuwen.db` (the store), `tuwen.http.*` (API and pages), `tuwen.bots.*` (chat bots), `tuwen.reports`.
+
+Every line logged while a job is in hand carries `[job abcd1234]`: the worker sets the job in a context
+variable (`job_context`) and the formatter adds it, so no log call has to paste the id itself. Whole records,
+tracebacks included, pass through `service.redact.scrub`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
+
+from service import redact
+
+_JOB: ContextVar[str] = ContextVar("tuwen_job", default="")
 
 
-class RedactSecrets(logging.Filter):
-    """Replace any configured secret value that slips into a log line with `***`."""
+@contextlib.contextmanager
+def job_context(*uids: str) -> Iterator[None]:
+    """Tag every log line of this thread (or task) with the job ids, until the block ends."""
+    token = _JOB.set(" ".join(uid[:8] for uid in uids))
+    try:
+        yield
+    finally:
+        _JOB.reset(token)
 
-    def __init__(self, secrets: list[str]) -> None:
-        super().__init__()
-        self.secrets = [s for s in secrets if len(s) >= 4]
+
+def current_job() -> str:
+    """The short id(s) set by `job_context`, or ""."""
+    return _JOB.get()
+
+
+class TuwenFormatter(logging.Formatter):
+    """Adds `[job …]` to lines logged inside `job_context` and scrubs secrets from the whole record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        job = getattr(record, "tuwen_job", None)
+        if job is None:
+            job = _JOB.get()
+        text = super().format(record)
+        if job and "[job " not in record.getMessage():
+            prefix = f"{record.name}: "
+            text = text.replace(prefix, f"{prefix}[job {job}] ", 1)
+        return redact.scrub(text)
+
+
+class _CaptureJob(logging.Filter):
+    """Remember the job of the logging thread on the record (formatting may happen elsewhere)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            text = record.getMessage()
-            if any(secret in text for secret in self.secrets):
-                for secret in self.secrets:
-                    text = text.replace(secret, "***")
-                record.msg, record.args = text, None
+        if not hasattr(record, "tuwen_job"):
+            record.tuwen_job = _JOB.get()
         return True
 
 
-def setup_logging(level: str = "INFO", secrets: list[str] | None = None) -> None:
+def setup_logging(level: str = "INFO", secrets: Iterable[str] | None = None) -> None:
     """Configure the root logger once for the CLI and `tuwen serve`."""
+    redact.register(secrets or [])
     # Under systemd, journald adds its own timestamps.
     fmt = "%(levelname)s %(name)s: %(message)s"
     if not os.environ.get("JOURNAL_STREAM"):
         fmt = "%(asctime)s " + fmt
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
-    handler.addFilter(RedactSecrets(secrets or []))
+    handler.setFormatter(TuwenFormatter(fmt))
+    handler.addFilter(_CaptureJob())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     for noisy in ("httpx", "httpcore", "watchdog", "alembic", "uvicorn.access", "RapidOCR"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+class RedactSecrets(logging.Filter):
+    """For handlers tuwen does not own (a library's own, non-propagating loggers): scrub their records too."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        redact.register(secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        cleaned = redact.scrub(text)
+        if cleaned != text:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact.scrub(record.exc_text)
+        return True

@@ -6,20 +6,48 @@ same thing. Nothing else in the code base should spell out a user-facing sentenc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from service import redact
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _scrubbed(value: object) -> object:
+    # Upstream error text (an exception, a server's message) may quote a key back; numbers stay numbers.
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    return redact.scrub(str(value))
 
 
 @dataclass(frozen=True)
 class Message:
-    """A bilingual message; `str()` gives "中文 / English", the form stored in records and sidecars."""
+    """A bilingual message; `str()` gives "中文 / English", the form stored in records and sidecars.
+
+    `params` are the values filled in, so a record can keep the code and its parameters and render the
+    message again in the reader's language (`render`).
+    """
 
     code: str
     zh: str
     en: str
+    params: Mapping[str, object] = field(default_factory=dict, compare=False)
 
     def format(self, **kwargs: object) -> Message:
-        """Fill `{placeholders}` in both languages."""
-        return Message(self.code, self.zh.format(**kwargs), self.en.format(**kwargs))
+        """Fill `{placeholders}` in both languages; secrets in the values are scrubbed (service.redact)."""
+        values = {key: _scrubbed(value) for key, value in kwargs.items()}
+        return Message(
+            self.code, self.zh.format(**values), self.en.format(**values), {**self.params, **values}
+        )
+
+    def text(self, lang: str) -> str:
+        """The message in one language ("en", else Chinese)."""
+        return self.en if lang == "en" else self.zh
+
+    def json_params(self) -> dict[str, object]:
+        """The parameters as JSON values (anything else, such as an exception, as its text)."""
+        return {key: value if isinstance(value, _PLAIN) else str(value) for key, value in self.params.items()}
 
     def __str__(self) -> str:
         return f"{self.zh} / {self.en}"
@@ -79,6 +107,56 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
     ),
     "ocr_no_text_page": ("（此页没有识别到文字）", "(no text found on this page)"),
     "page_label": ("第 {n} 页", "page {n}"),
+    # Storage (the database): transient faults while running, and what stops a start
+    "storage_disk_full": (
+        "磁盘已满，无法写入数据库（{path}）。请清理磁盘空间；空间恢复后服务会自动继续，期间放入的文件不会丢失",
+        "the disk is full: cannot write the database ({path}). Free some space; the service resumes by itself once there is room, and files dropped meanwhile are not lost",
+    ),
+    "storage_read_only": (
+        "数据库当前为只读，无法写入（{path}）。请检查磁盘是否被挂载为只读或文件权限；恢复可写后服务会自动继续",
+        "the database is read-only right now ({path}). Check whether the disk was remounted read-only or the file permissions changed; the service resumes by itself once it is writable",
+    ),
+    "storage_busy": (
+        "数据库正忙（被其他程序锁定）：{path}。稍后自动重试",
+        "the database is busy (locked by another program): {path}. Retrying shortly",
+    ),
+    "storage_io": (
+        "读写数据库时出错：{reason}（{path}）。稍后自动重试；若持续出现，请检查磁盘",
+        "error writing the database: {reason} ({path}). Retrying shortly; if it persists, check the disk",
+    ),
+    "storage_recovered": ("数据库已恢复可写", "the database is writable again"),
+    "data_dir_unusable": (
+        "无法使用数据文件夹 {path}（{reason}）。请创建它并让运行 tuwen 的用户可以写入（systemd 中为 ReadWritePaths，容器中为 /data 卷的属主），或修改 [storage] data_dir",
+        "cannot use the data folder {path} ({reason}). Create it and make it writable by the user tuwen runs as (ReadWritePaths under systemd, the owner of the /data volume in a container), or change [storage] data_dir",
+    ),
+    "db_corrupt": (
+        "数据库文件已损坏，无法打开：{path}（{reason}）。请停止服务，用最近的备份替换该文件（或把它移走，让服务新建一个空数据库），然后再启动。原文件请保留，以便恢复",
+        "the database file is damaged and cannot be opened: {path} ({reason}). Stop the service, replace the file with your latest backup (or move it aside to start with an empty database), then start again. Keep the damaged file for recovery",
+    ),
+    "db_read_only": (
+        "无法写入数据库：{path}（{reason}）。请检查该文件及所在文件夹对运行 tuwen 的用户是否可写（systemd 中为 ReadWritePaths），以及磁盘是否被挂载为只读",
+        "cannot write the database: {path} ({reason}). Check that the file and its folder are writable by the user tuwen runs as (ReadWritePaths under systemd) and that the disk is not mounted read-only",
+    ),
+    "db_disk_full": (
+        "磁盘已满，无法启动数据库：{path}。请先清理磁盘空间再启动",
+        "the disk is full: cannot start the database {path}. Free some space, then start again",
+    ),
+    "db_cannot_open": (
+        "无法打开数据库：{path}（{reason}）。请检查 [storage] data_dir 是否存在且可写",
+        "cannot open the database: {path} ({reason}). Check that [storage] data_dir exists and is writable",
+    ),
+    "job_stuck": (
+        "任务 {jobs} 已超过 {seconds} 秒仍未完成，模型进程已重启，任务将重试一次",
+        "job {jobs} has run longer than {seconds} s; the model worker was restarted and the job is retried once",
+    ),
+    "job_timeout": (
+        "处理超时：两次都超过了 {seconds} 秒（[model] job_timeout_seconds），已放弃。请检查模型服务器或换一张较小的图片",
+        "timed out twice after {seconds} s ([model] job_timeout_seconds); given up. Check the model server or try a smaller image",
+    ),
+    "sidecar_name_shortened": (
+        "文件名太长，无法在其后加上 .json/.xmp：附属文件改用缩短的名字 {name}.json / {name}.xmp",
+        "the file name is too long to add .json/.xmp: its sidecars use the shortened name {name}.json / {name}.xmp",
+    ),
     "interrupted": ("服务停止时任务未完成，已重新排队", "job interrupted by shutdown and re-queued"),
     "unexpected": ("内部错误：{reason}", "internal error: {reason}"),
     # Chat bots (bots/core.py, shared by every platform)
@@ -169,9 +247,30 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
     # CLI
     "cli_no_images": ("文件夹中没有可处理的文件：{path}", "no files to process in {path}"),
     "cli_job_failed": ("处理失败：{reason}", "failed: {reason}"),
+    "cli_model_failed": ("模型无法加载，任务未能完成", "the model could not be loaded; the jobs were not answered"),
+    "cli_service_gone": (
+        "正在运行的 tuwen serve（节点 {node}）已停止，任务仍在队列中，下次启动服务时会被回答",
+        "the running tuwen serve (node {node}) stopped; the jobs stay queued and are answered when it starts again",
+    ),
+    "cli_ask_interrupted": (
+        "已中断。该问题留在队列中，下次运行 tuwen serve 时会被回答；用 tuwen jobs 查看",
+        "interrupted. The question stays queued and is answered the next time tuwen serve runs; see it with tuwen jobs",
+    ),
+    "cli_ask_interrupted_service": (
+        "已中断。正在运行的服务仍会回答这个问题；用 tuwen jobs 查看结果",
+        "interrupted. The running service still answers the question; see the result with tuwen jobs",
+    ),
+    "cli_batch_interrupted": (
+        "已中断：{total} 个文件中已完成 {done} 个。再次运行同一命令即可继续，已完成的不会重复处理",
+        "interrupted: {done} of {total} files done. Run the same command again to go on; nothing done is repeated",
+    ),
+    "cli_batch_summary": (
+        "完成 {done}，失败 {failed}，共 {total}",
+        "done {done}, failed {failed}, of {total}",
+    ),
     "http_bind_failed": (
-        "无法在 {host}:{port} 启动网页服务（端口被占用？）。请修改 [http] port；文件夹监视仍在运行",
-        "cannot start the web server on {host}:{port} (port in use?). Change [http] port; folder watching goes on",
+        "无法在 {host}:{port} 启动网页服务：{reason}。该端口可能已被其他程序（或另一个 tuwen）占用：请停止它，或修改 [http] port",
+        "cannot start the web server on {host}:{port}: {reason}. Another program (or another tuwen) may be using the port: stop it, or change [http] port",
     ),
     # HTTP API (OpenAI-compatible errors carry these as error.message)
     "api_bad_json": ("请求内容不是合法的 JSON", "request body is not valid JSON"),
@@ -468,6 +567,22 @@ def msg(code: str, **kwargs: object) -> Message:
     zh, en = _CATALOGUE[code]
     message = Message(code, zh, en)
     return message.format(**kwargs) if kwargs else message
+
+
+def render(code: str | None, params: Mapping[str, object] | None, fallback: str | None = None) -> Message:
+    """A stored error (code + parameters) as a message again; `fallback` (the stored text) when it cannot be.
+
+    Records from before parameters were stored, or whose code left the catalogue, keep their stored text in
+    both halves rather than failing to render.
+    """
+    if code and code in _CATALOGUE:
+        try:
+            return msg(code, **dict(params or {}))
+        except (KeyError, IndexError, ValueError):
+            pass
+    text = fallback or ""
+    zh, separator, en = text.partition(" / ")
+    return Message(code or "unexpected", zh, en if separator else zh)
 
 
 def all_codes() -> list[str]:

@@ -11,13 +11,15 @@ import hashlib
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import asdict
 
+from db.files import FileSeen, FileStore
 from db.models import Job, JobStatus
 from db.store import Store
 from service.events import Event, Priority
+from service.files import display_path
 from service.messages import Message
 
 log = logging.getLogger("tuwen.service")
@@ -49,6 +51,10 @@ class JobQueue:
         # that holds only the queue (a chat bot) can tell a user at once that the model is down instead
         # of leaving them to wait for a timeout.
         self.worker_available: Callable[[], bool] = lambda: True
+        # (model id, model version) of the backend answering now, set by the worker once it is loaded: a
+        # watcher re-answers a touched file only when its recorded answer came from another model.
+        self.model_identity: tuple[str, str] | None = None
+        self.files = FileStore(store)
 
     def submit(self, event: Event, *, dedup: bool = False, on_text: TextListener | None = None) -> Job:
         """Persist `event` as a queued job and wake the worker. Returns the new row.
@@ -126,12 +132,13 @@ class JobQueue:
             self._pending = True
             self._wakeup.notify_all()
 
-    def wait_for_work(self, timeout: float) -> None:
-        """Sleep until `notify()` or `timeout`."""
+    def wait_for_work(self, timeout: float) -> bool:
+        """Sleep until `notify()` or `timeout`; True when woken by `notify()`."""
         with self._wakeup:
             if not self._pending:
                 self._wakeup.wait(timeout)
-            self._pending = False
+            woken, self._pending = self._pending, False
+            return woken
 
     def text_listener(self, uid: str) -> TextListener | None:
         """The streaming listener registered for job `uid`, if any."""
@@ -152,6 +159,32 @@ class JobQueue:
         if future is not None and not future.done():
             future.set_result(job)
 
+    # -- for sources: file states and jobs, so adapters never query the store themselves ------------
+
+    def file_states(self, source: str, source_ref: str) -> dict[bytes, FileSeen]:
+        """Every recorded file of one watch (or batch folder), by path bytes."""
+        return self.files.load(source, source_ref)
+
+    def job(self, job_id: int) -> Job | None:
+        """One job by id."""
+        return self.store.get(job_id)
+
+    def finished_file_jobs(self, source: str, source_ref: str) -> Iterator[Job]:
+        """The finished job each recorded file's sidecars show (start-up repair), streamed."""
+        return self.files.finished_jobs(source, source_ref)
+
+    def uncatalogued_jobs(self, source: str, source_ref: str) -> list[Job]:
+        """Finished jobs of one watch whose catalogue row was never appended (a crash in between)."""
+        return self.store.uncatalogued_jobs(source, source_ref)
+
+    def mark_catalogued(self, job_id: int) -> None:
+        """Record that a job's catalogue row is on disk."""
+        self.store.mark_catalogued(job_id)
+
+    def latest_finished_job_for_file(self, source: str, source_ref: str, file_path: str) -> Job | None:
+        """The newest done or failed job of one source instance for a file (the one its sidecars show)."""
+        return self.store.latest_finished_job_for_file(source, source_ref, display_path(file_path))
+
 
 def _row_fields(event: Event, uid: str) -> dict[str, object]:
     """The job row's columns that come from the event (one mapping for queued and refused events)."""
@@ -163,12 +196,17 @@ def _row_fields(event: Event, uid: str) -> dict[str, object]:
         "question": event.question,
         "prompt_hash": prompt_hash(event.question),
         "images": list(event.images),
-        "file_path": event.images[0] if event.source in ("watch", "batch", "cli") and event.images else None,
+        # Display form (undecodable bytes as U+FFFD): a text column cannot hold a GBK name's raw bytes; the
+        # real path stays in `images`, whose JSON keeps them escaped.
+        "file_path": display_path(event.images[0])
+        if event.source in ("watch", "batch", "cli") and event.images
+        else None,
         "file_size": event.file_size,
         "file_mtime": event.file_mtime,
         "sha256": event.sha256,
         "conversation_id": event.conversation_id,
         "history": [asdict(turn) for turn in event.history],
         "reply_to": event.reply_to,
+        "notes": list(event.notes) or None,
         "extra": dict(event.extra),
     }

@@ -21,7 +21,9 @@ def build_sources(config: Config, queue: JobQueue) -> list[Source]:
     if config.watch:
         from watchers.folder import FolderWatcher
 
-        sources.extend(FolderWatcher(watch, queue) for watch in config.watch)
+        sources.extend(
+            FolderWatcher(watch, queue, max_file_mb=config.images.max_file_mb) for watch in config.watch
+        )
     if config.telegram.enabled:
         from bots.telegram import TelegramBot
 

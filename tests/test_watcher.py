@@ -140,25 +140,46 @@ def test_litter_and_our_own_files_are_ignored(make_config, backend_factory, inbo
     assert app.store.status_counts() == {"done": 1}
 
 
-def test_renamed_or_touched_scan_is_not_answered_again(
+def test_a_touched_scan_keeps_one_record_and_its_sidecars_byte_for_byte(
+    make_config, backend_factory, inbox, scan_bytes
+) -> None:  # type: ignore[no-untyped-def]
+    scan = inbox / "photo.jpg"
+    scan.write_bytes(scan_bytes(["同一张照片"]))
+    app = App(make_config(), backend_factory=backend_factory)
+    app.start()
+    wait_until(lambda: _sidecar(scan))
+    before = {p.name: p.read_bytes() for p in inbox.iterdir()}
+    os.utime(scan, (time.time() + 5, time.time() + 5))  # touched: a sync tool, a backup, a careless click
+    app.sources[0].request_scan()  # type: ignore[attr-defined]
+    time.sleep(2.0)
+    app.stop()
+    assert {p.name: p.read_bytes() for p in inbox.iterdir()} == before
+    assert len(_jobs_for(app, scan)) == 1
+    assert backend_factory.backends[0].requests_answered == 1
+
+
+def test_a_renamed_scan_takes_its_record_and_sidecars_along(
     make_config, backend_factory, inbox, scan_bytes
 ) -> None:  # type: ignore[no-untyped-def]
     original = inbox / "photo.jpg"
     original.write_bytes(scan_bytes(["同一张照片"]))
     app = App(make_config(), backend_factory=backend_factory)
     app.start()
-    wait_until(lambda: _sidecar(original))
+    first = wait_until(lambda: _sidecar(original))
     renamed = inbox / "photo-renamed.jpg"
     original.rename(renamed)
-    wait_until(lambda: _sidecar(renamed))
-    os.utime(renamed, (time.time() + 5, time.time() + 5))
-    wait_until(
-        lambda: len(_jobs_for(app, renamed)) == 2 and all(j.status == "done" for j in _jobs_for(app, renamed))
-    )
+    moved = wait_until(lambda: _sidecar(renamed))
+    wait_until(lambda: not original.with_name("photo.jpg.json").exists())
     app.stop()
-    backend = backend_factory.backends[0]
-    assert backend.requests_answered == 1
-    assert _sidecar(renamed)["answer"] == _sidecar(original)["answer"]  # type: ignore[index]
+    assert sorted(p.name for p in inbox.iterdir()) == [
+        "photo-renamed.jpg",
+        "photo-renamed.jpg.json",
+        "photo-renamed.jpg.xmp",
+    ]
+    assert moved["answer"] == first["answer"] and moved["job_id"] == first["job_id"]  # type: ignore[index]
+    jobs = app.store.list_jobs(limit=10)
+    assert [j.file_path for j in jobs] == [str(renamed)]
+    assert backend_factory.backends[0].requests_answered == 1
 
 
 def test_a_changed_prompt_answers_again(make_config, backend_factory, inbox, scan_bytes) -> None:  # type: ignore[no-untyped-def]
@@ -204,8 +225,9 @@ def test_polling_mode_for_network_shares(make_config, backend_factory, inbox, sc
     scan = inbox / "from-nas.jpg"
     scan.write_bytes(scan_bytes(["共享文件夹"]))
     wait_until(lambda: _sidecar(scan))
+    observer = type(app.sources[0]._observer).__name__  # type: ignore[attr-defined]
     app.stop()
-    assert type(app.sources[0]._observer).__name__ == "PollingObserver"  # type: ignore[attr-defined]
+    assert observer == "PollingObserver"
 
 
 def test_missing_sidecar_of_a_done_job_is_rewritten_at_start(

@@ -2,13 +2,19 @@
 
 The way users need it (paperless-ngx's issue tracker is the map): native events where the OS delivers them,
 `polling = true` for SMB/NFS shares where inotify never fires, a scan at start-up for files dropped while the
-service was down, a periodic rescan as a safety net, a stability check before a file is taken, and a record
-of every file state we have seen so a stray event never queues a file twice. Staff files are only read.
+service was down, a periodic rescan as a safety net, and a stability check before a file is taken. What each
+settled file needs is decided by `watchers.intake` against the recorded file states; staff files are only
+read.
+
+It never stops silently. The watcher's loop runs under a `Supervisor`: an exception is logged with the
+folder and the loop restarts with backoff (after too many crashes it is `failed` and `/health` answers 503).
+A folder that disappears (an unmounted share) makes the watch `unavailable` until it is back. A database
+that cannot be written (disk full, read-only) is waited out: the files of that moment are looked at again
+once storage works, so nothing dropped meanwhile is lost.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
 import threading
@@ -19,80 +25,140 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from db.models import Job, JobStatus
 from service.config import WatchConfig
-from service.events import Event, Priority
-from service.images import sha256_file
+from service.errors import StorageUnavailable
+from service.files import display_path
+from service.jobs import Job, JobStatus
 from service.messages import msg
 from service.queue import JobQueue
-from watchers.output import write_sidecars_for_job
+from service.retry import Backoff
+from service.supervisor import ComponentStatus, Supervisor
+from watchers.intake import SOURCE, FileIntake
+from watchers.output import append_to_catalogue, remove_temporary_files, write_sidecars_for_job
+from watchers.scanning import FolderRules
 from watchers.stability import StabilityTracker
 
 log = logging.getLogger("tuwen.watch")
 
-SOURCE = "watch"
+# A watcher that crashes this often within ten minutes gives up (and /health says so).
+MAX_RESTARTS = 10
+RESTART_WINDOW_SECONDS = 600.0
+FOLDER_CHECK_SECONDS = 10.0
+
+
+class FolderGone(Exception):
+    """The watched folder is not there any more (an unmounted share); wait for it to come back."""
 
 
 class FolderWatcher:
-    """One `[[watch]]` entry."""
+    """One `[[watch]]` entry, a `Source`."""
 
-    def __init__(self, watch: WatchConfig, queue: JobQueue) -> None:
+    def __init__(self, watch: WatchConfig, queue: JobQueue, *, max_file_mb: int = 200) -> None:
         self.watch = watch
         self.queue = queue
         self.name = f"watch:{watch.key}"
         self.root = watch.path
+        self.rules = FolderRules(watch)
+        self.intake = FileIntake(watch, queue, max_file_mb)
         self.tracker = StabilityTracker(watch.stable_seconds)
-        self._seen: dict[str, tuple[int, float]] = {}
         self._observer: BaseObserver | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._missing_logged = False
         self._scan_requested = threading.Event()
+        self._first_scan_done = False
+        self.supervisor = Supervisor(
+            self.name,
+            self._run,
+            backoff=Backoff(base=1.0, cap=60.0),
+            max_restarts=MAX_RESTARTS,
+            window_seconds=RESTART_WINDOW_SECONDS,
+        )
         queue.add_finished_listener(self._on_finished)
         queue.add_updated_listener(self._on_updated)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Repair missing sidecars, scan for the backlog, then watch."""
-        self._thread = threading.Thread(target=self._run, name=f"tuwen-{self.name}", daemon=True)
-        self._thread.start()
+        """Start the watcher's supervised thread; it repairs sidecars, scans the backlog, then watches."""
+        self.supervisor.start()
 
     def stop(self) -> None:
         """Stop watching; files not yet taken are found again by the start-up scan next time."""
-        self._stop.set()
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=5)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self.supervisor.stop(timeout=10)
+        self._stop_observer()
 
-    def _run(self) -> None:
+    def status(self) -> ComponentStatus:
+        """The watch's state for `/health` and `/metrics`."""
+        s = self.supervisor
+        return ComponentStatus(self.name, "watch", s.state, s.restarts, s.error, s.since)
+
+    def _run(self, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                if not self._wait_for_folder(stop):
+                    return
+                try:
+                    self._watch(stop)
+                except FolderGone:
+                    self._stop_observer()
+                    continue
+        finally:
+            self._stop_observer()
+
+    def _wait_for_folder(self, stop: threading.Event) -> bool:
+        backoff = Backoff(base=1.0, cap=min(self.watch.rescan_seconds, 10.0))
+        logged = False
+        while not self.root.is_dir():
+            reason = str(msg("watch_missing", path=display_path(self.root)))
+            self.supervisor.mark("unavailable", reason)
+            if not logged:
+                log.error("%s", reason)
+                logged = True
+            if backoff.wait(stop):
+                return False
+        if logged:
+            log.info("watched folder %s is available again", display_path(self.root))
+        return True
+
+    def _watch(self, stop: threading.Event) -> None:
+        self.intake.load()
+        self.repair_sidecars()
+        self._start_observer()
+        self.supervisor.mark("running")
         tick = min(0.5, max(0.05, self.watch.stable_seconds / 4))
-        next_scan = 0.0
-        clock = 0.0
-        while not self._stop.is_set():
-            if self._observer is None and not self._try_start_observer():
-                self._stop.wait(min(self.watch.rescan_seconds, 10))
-                continue
+        clock = next_scan = next_check = 0.0
+        while not stop.is_set():
+            if clock >= next_check:
+                if not self.root.is_dir():
+                    raise FolderGone()
+                next_check = clock + FOLDER_CHECK_SECONDS
             if clock >= next_scan or self._scan_requested.is_set():
                 self._scan_requested.clear()
                 self.scan()
                 next_scan = clock + self.watch.rescan_seconds
-            for path, st in self.tracker.poll():
-                self._consider(path, st)
-            self._stop.wait(tick)
+            self._take_settled(stop)
+            stop.wait(tick)
             clock += tick
 
-    def _try_start_observer(self) -> bool:
-        if not self.root.is_dir():
-            if not self._missing_logged:
-                log.error("%s", msg("watch_missing", path=self.root))
-                self._missing_logged = True
-            return False
-        if self._missing_logged:
-            log.info("watched folder %s is available again", self.root)
-        self.repair_sidecars()
+    def _take_settled(self, stop: threading.Event) -> None:
+        backoff: Backoff | None = None
+        for path, _ in self.tracker.poll():
+            st = self.rules.regular_file(path)
+            if st is None or not self.rules.is_candidate(path):
+                continue
+            while not stop.is_set():
+                try:
+                    self.intake.take(path, st)
+                    if backoff is not None:
+                        self.supervisor.mark("running")
+                    break
+                except StorageUnavailable as exc:
+                    # Store.health logged it once; this file (and the rest) wait until storage works.
+                    self.supervisor.mark("unavailable", str(exc.message))
+                    backoff = backoff or Backoff(base=1.0, cap=30.0)
+                    backoff.wait(stop)
+            if stop.is_set():
+                self.tracker.touch(path)  # not taken: the next start's scan finds it
+
+    def _start_observer(self) -> None:
         observer: BaseObserver = (
             PollingObserver(timeout=self.watch.poll_interval_seconds) if self.watch.polling else Observer()
         )
@@ -102,93 +168,43 @@ class FolderWatcher:
         self._observer = observer
         log.info(
             "watching %s (%s, prompt %r)",
-            self.root,
+            display_path(self.root),
             "polling" if self.watch.polling else "native events",
             self.watch.prompt,
         )
-        return True
 
-    # -- deciding what to take ---------------------------------------------------------------------
+    def _stop_observer(self) -> None:
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            try:
+                observer.stop()
+                observer.join(timeout=5)
+            except Exception:
+                log.exception("%s: stopping the file observer failed", self.name)
+
+    # -- finding files ----------------------------------------------------------------------------
 
     def is_candidate(self, path: Path) -> bool:
-        """Whether `path` (inside the root) is a file this watch should answer."""
-        try:
-            relative = path.relative_to(self.root)
-        except ValueError:
-            return False
-        parts = relative.parts
-        if not parts or (not self.watch.recursive and len(parts) > 1):
-            return False
-        if self.watch.output_dir is not None and path.is_relative_to(self.watch.output_dir):
-            return False
-        ignores = self.watch.all_ignores
-        if any(fnmatch.fnmatch(part, pattern) for part in parts for pattern in ignores):
-            return False
-        return any(fnmatch.fnmatch(parts[-1], pattern) for pattern in self.watch.include)
+        """Whether `path` (inside the root) is named like a file this watch should answer."""
+        return self.rules.is_candidate(path)
 
     def scan(self) -> int:
-        """Walk the folder and start tracking every file we have not seen in this state. Returns the count."""
+        """Walk the folder and start tracking every file not as recorded. Returns the count."""
         found = 0
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            base = Path(dirpath)
-            dirnames[:] = sorted(
-                d for d in dirnames if self.watch.recursive and self.is_candidate_dir(base / d)
-            )
-            for filename in sorted(filenames):
-                path = base / filename
-                if not self.is_candidate(path) or path in self.tracker:
+        for base, names in self.rules.walk():
+            for name in names:
+                path = base / name
+                if not self.rules.is_candidate(path) or path in self.tracker:
                     continue
-                try:
-                    st = path.stat()
-                except OSError:
-                    continue
-                if self._already_seen(path, st.st_size, st.st_mtime):
+                st = self.rules.regular_file(path)
+                if st is None or self.intake.unchanged(path, st):
                     continue
                 self.tracker.touch(path)
                 found += 1
+        self._first_scan_done = True
         if found:
             log.info("%s: %d new or changed file(s) found by scan", self.name, found)
         return found
-
-    def is_candidate_dir(self, path: Path) -> bool:
-        """Whether to descend into `path` (ignored folders such as @eaDir and our output tree are skipped)."""
-        if self.watch.output_dir is not None and path == self.watch.output_dir:
-            return False
-        return not any(fnmatch.fnmatch(path.name, pattern) for pattern in self.watch.all_ignores)
-
-    def _already_seen(self, path: Path, size: int, mtime: float) -> bool:
-        key = str(path)
-        if self._seen.get(key) == (size, mtime):
-            return True
-        if self.queue.store.has_file_state(key, size, mtime):
-            self._seen[key] = (size, mtime)
-            return True
-        return False
-
-    def _consider(self, path: Path, st: os.stat_result) -> None:
-        if not self.is_candidate(path) or self._already_seen(path, st.st_size, st.st_mtime):
-            return
-        key = str(path)
-        try:
-            digest = sha256_file(path)
-        except OSError as exc:
-            log.warning("%s: cannot read %s yet (%s); will look again", self.name, path, exc)
-            self.tracker.touch(path)
-            return
-        self._seen[key] = (st.st_size, st.st_mtime)
-        if self.queue.store.active_job_for_file(key, digest) is not None:
-            return
-        event = Event(
-            source=SOURCE,
-            source_ref=self.watch.key,
-            question=self.watch.prompt,
-            images=(key,),
-            priority=Priority.BACKLOG,
-            sha256=digest,
-            file_size=st.st_size,
-            file_mtime=st.st_mtime,
-        )
-        self.queue.submit(event, dedup=True)
 
     def request_scan(self) -> None:
         """Ask the watcher's own thread to rescan soon."""
@@ -196,40 +212,66 @@ class FolderWatcher:
 
     def on_event_path(self, path: Path) -> None:
         """A native or polled event for `path`."""
-        if self.is_candidate(path):
+        if self.rules.is_candidate(path):
             self.tracker.touch(path)
 
     # -- sinks ----------------------------------------------------------------------------------
 
+    def _mine(self, job: Job) -> bool:
+        return job.source == SOURCE and job.source_ref == self.watch.key and bool(job.file_path)
+
     def _on_finished(self, job: Job) -> None:
-        if job.source != SOURCE or job.source_ref != self.watch.key or not job.file_path:
+        if not self._mine(job):
             return
-        write_sidecars_for_job(job, self.watch, catalogue=True)
+        write_sidecars_for_job(job, self.watch)
+        if self.watch.catalogue and append_to_catalogue(job, self.watch):
+            self.queue.mark_catalogued(job.id)
 
     def _on_updated(self, job: Job) -> None:
         """A reviewed job: rewrite its JSON and XMP with the correction (the catalogue is append-only)."""
-        if job.source != SOURCE or job.source_ref != self.watch.key or not job.file_path:
+        if not self._mine(job):
             return
         # Only the newest answer for the file owns its sidecars: a review of an older job (the file was
         # answered again since) must not put stale text back. A scan moved away gets no orphan sidecars.
-        latest = self.queue.store.latest_finished_job_for_file(SOURCE, self.watch.key, job.file_path)
-        if latest is None or latest.id != job.id or not Path(job.file_path).exists():
-            log.info("[job %s] reviewed; its sidecars show a newer job or the scan is gone", job.uid[:8])
+        latest = self.queue.latest_finished_job_for_file(SOURCE, self.watch.key, job.file_path or "")
+        real = Path(job.images[0]) if job.images else None
+        if latest is None or latest.id != job.id or real is None or not real.exists():
+            log.info("reviewed job %s: its sidecars show a newer job or the scan is gone", job.uid[:8])
             return
-        write_sidecars_for_job(job, self.watch, catalogue=False)
+        write_sidecars_for_job(job, self.watch)
 
     def repair_sidecars(self) -> int:
-        """Rewrite sidecars of finished jobs whose JSON sidecar is missing (a crash between DB and disk)."""
+        """At start: remove temporary files a kill left, rewrite missing sidecars and catalogue rows.
+
+        Never dies on one file: each is handled on its own, and a failure is logged and skipped.
+        """
+        removed = 0
+        for folder in {self.root, self.watch.output_dir or self.root}:
+            if folder.is_dir():
+                removed += remove_temporary_files(folder)
+        if removed:
+            log.info("%s: removed %d temporary file(s) left by an interrupted write", self.name, removed)
         repaired = 0
-        for job in self.queue.store.finished_jobs_for_source(SOURCE, self.watch.key):
-            if job.status not in (JobStatus.DONE, JobStatus.FAILED) or not job.file_path:
-                continue
-            if not Path(job.file_path).exists():
-                continue
-            if write_sidecars_for_job(job, self.watch, catalogue=False, only_if_missing=True):
-                repaired += 1
+        for job in self.queue.finished_file_jobs(SOURCE, self.watch.key):
+            try:
+                real = Path(job.images[0]) if job.images else None
+                if (
+                    real is not None
+                    and os.path.lexists(real)
+                    and job.status in (JobStatus.DONE, JobStatus.FAILED)
+                ):
+                    repaired += write_sidecars_for_job(job, self.watch, only_if_missing=True)
+            except Exception:
+                log.exception("%s: repairing the sidecars of job %s failed", self.name, job.uid[:8])
+        if self.watch.catalogue:
+            for job in self.queue.uncatalogued_jobs(SOURCE, self.watch.key):
+                if append_to_catalogue(job, self.watch):
+                    self.queue.mark_catalogued(job.id)
+                    repaired += 1
         if repaired:
-            log.info("%s: rewrote %d missing sidecar(s) from the database", self.name, repaired)
+            log.info(
+                "%s: rewrote %d missing sidecar(s) or catalogue row(s) from the database", self.name, repaired
+            )
         return repaired
 
 

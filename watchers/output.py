@@ -1,30 +1,77 @@
 """Turn a finished job into the files staff see next to their scans: JSON and XMP sidecars, the CSV catalogue.
 
 Called on the model worker's thread after the database has recorded the job, so the database is always
-ahead of the disk: a crash in between leaves a done job without sidecars, which the watcher's start-up
-repair writes again (never a sidecar for an answer the database does not have).
+ahead of the disk: a crash in between leaves a done job without sidecars (or without its catalogue row),
+which the watcher's start-up repair writes again, never a sidecar for an answer the database does not have.
+
+Names: sidecars are named from the scan's real name (its bytes, GBK or not). A name too long for
+`NAME.EXT.json` (over 255 bytes) gets a shortened, unique sidecar name instead (`<first bytes>~<hash>`),
+and the job's record says which.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from db.models import Job, JobStatus, ReviewStatus
 from service.config import WatchConfig
+from service.files import NAME_MAX, display_path
+from service.jobs import Job, JobStatus, ReviewStatus
 from watchers.catalogue import CATALOGUE_NAME, CatalogueRow, append_catalogue_row
-from watchers.sidecars import SidecarRecord, sidecar_paths, write_json_sidecar, write_xmp_sidecar
+from watchers.sidecars import TMP_SUFFIX, SidecarRecord, write_json_sidecar, write_xmp_sidecar
 
 log = logging.getLogger("tuwen.watch.output")
+
+# The longest suffix a sidecar gets (`.alto.xml` is the longest planned; `.json`, `.xmp` are shorter).
+_LONGEST_SUFFIX = ".alto.xml"
+_SHORT_STEM_BYTES = 180
+
+
+def real_path(job: Job) -> Path | None:
+    """The scan's path as the filesystem names it (`file_path` is only its display form)."""
+    if job.images:
+        return Path(job.images[0])
+    return Path(job.file_path) if job.file_path else None
+
+
+def sidecar_stem(file: Path) -> tuple[str, bool]:
+    """The name sidecars are made from (`NAME.EXT`), and whether it had to be shortened to fit."""
+    name = file.name
+    raw = os.fsencode(name)
+    if len(raw) + len(_LONGEST_SUFFIX) <= NAME_MAX:
+        return name, False
+    digest = hashlib.sha256(raw).hexdigest()[:12]
+    head = raw[:_SHORT_STEM_BYTES]
+    return os.fsdecode(head + b"~" + digest.encode()), True
+
+
+def sidecar_paths_for(file: Path, watch: WatchConfig) -> tuple[Path, Path]:
+    """`(json, xmp)` paths for `file`: beside it, or mirrored under `output_dir`."""
+    stem, _ = sidecar_stem(file)
+    folder = (
+        file.parent if watch.output_dir is None else watch.output_dir / file.parent.relative_to(watch.path)
+    )
+    return folder / f"{stem}.json", folder / f"{stem}.xmp"
 
 
 def record_for_job(job: Job, tags: tuple[str, ...] = ()) -> SidecarRecord:
     """The sidecar view of a job row, with the staff correction (if any) beside the model's answer."""
-    assert job.file_path is not None
+    file = real_path(job)
+    assert file is not None
+    extra: dict[str, object] = {
+        "review_status": job.review_status or ReviewStatus.UNREVIEWED,
+        "reviewed_at": job.reviewed_at.isoformat() if job.reviewed_at else None,
+        "answer_kind": job.answer_kind,
+    }
+    if job.notes:
+        extra["notes"] = list(job.notes)
     return SidecarRecord(
         status="done" if job.status == JobStatus.DONE else "failed",
-        file_name=Path(job.file_path).name,
+        file_name=display_path(file.name),
         question=job.question,
         answer=job.answer,
         ocr_text=job.ocr_text,
@@ -41,25 +88,23 @@ def record_for_job(job: Job, tags: tuple[str, ...] = ()) -> SidecarRecord:
         prompt_hash=job.prompt_hash,
         tags=tags,
         correction=job.correction,
-        # JSON only (XMP has tuwen:Corrected): whether a person checked the answer, and when.
-        extra={
-            "review_status": job.review_status or ReviewStatus.UNREVIEWED,
-            "reviewed_at": job.reviewed_at.isoformat() if job.reviewed_at else None,
-        },
+        extra=extra,
     )
 
 
-def write_sidecars_for_job(
-    job: Job, watch: WatchConfig, *, catalogue: bool, only_if_missing: bool = False
-) -> bool:
+def write_sidecars_for_job(job: Job, watch: WatchConfig, *, only_if_missing: bool = False) -> bool:
     """Write `NAME.EXT.json` (always) and `NAME.EXT.xmp` (done jobs) for a finished folder job.
 
     Returns True when something was written. Errors are logged, never raised: a read-only share or a full
     disk must not stop the worker, and the answer is safe in the database either way.
     """
-    assert job.file_path is not None
-    file = Path(job.file_path)
-    json_path, xmp_path = sidecar_paths(file, watch.path, watch.output_dir)
+    file = real_path(job)
+    if file is None:
+        return False
+    try:
+        json_path, xmp_path = sidecar_paths_for(file, watch)
+    except ValueError:  # not under the watch (moved since): nowhere to write
+        return False
     if only_if_missing and json_path.exists():
         return False
     record = record_for_job(job, tuple(watch.tags))
@@ -67,22 +112,70 @@ def write_sidecars_for_job(
         write_json_sidecar(json_path, record)
         if record.status == "done":
             write_xmp_sidecar(xmp_path, record)
-        if catalogue and watch.catalogue:
-            root = watch.output_dir or watch.path
-            append_catalogue_row(
-                root / CATALOGUE_NAME,
-                CatalogueRow(
-                    file=str(file.relative_to(watch.path)) if file.is_relative_to(watch.path) else str(file),
-                    time=record.created_at,
-                    status=record.status,
-                    question=record.question,
-                    answer=record.answer or "",
-                    ocr_text=record.ocr_text or "",
-                    error=record.error or "",
-                    correction=record.correction or "",
-                ),
-            )
     except (OSError, ValueError) as exc:
-        log.error("[job %s] cannot write sidecars for %s: %s", job.uid[:8], file, exc)
+        log.error("cannot write sidecars for %s: %s", display_path(file), exc)
         return False
     return True
+
+
+def catalogue_row_for_job(job: Job, watch: WatchConfig) -> CatalogueRow:
+    """The catalogue line of a finished folder job (file relative to the watched folder)."""
+    file = real_path(job)
+    assert file is not None
+    shown = file.relative_to(watch.path) if file.is_relative_to(watch.path) else file
+    record = record_for_job(job)
+    return CatalogueRow(
+        file=display_path(shown),
+        time=record.created_at,
+        status=record.status,
+        question=record.question,
+        answer=record.answer or "",
+        ocr_text=record.ocr_text or "",
+        error=record.error or "",
+        correction=record.correction or "",
+    )
+
+
+def append_to_catalogue(job: Job, watch: WatchConfig) -> bool:
+    """Append the job's row to the watch's catalogue; False when it could not be written (logged)."""
+    root = watch.output_dir or watch.path
+    try:
+        append_catalogue_row(root / CATALOGUE_NAME, catalogue_row_for_job(job, watch))
+    except (OSError, ValueError) as exc:
+        log.error("cannot append to the catalogue in %s: %s", display_path(root), exc)
+        return False
+    return True
+
+
+def move_sidecars(old: Path, new: Path, job: Job, watch: WatchConfig) -> None:
+    """A renamed scan: its sidecars follow it.
+
+    The old JSON is tuwen's alone and is removed once the new one is written. The old XMP may hold what
+    staff or another tool wrote, so it is renamed (never deleted) and then merged into as usual.
+    """
+    try:
+        old_json, old_xmp = sidecar_paths_for(old, watch)
+        new_json, new_xmp = sidecar_paths_for(new, watch)
+    except ValueError:
+        return
+    if old_xmp.exists() and not new_xmp.exists():
+        try:
+            new_xmp.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(old_xmp, new_xmp)
+        except OSError as exc:
+            log.error("cannot move %s to %s: %s", display_path(old_xmp), display_path(new_xmp), exc)
+    if write_sidecars_for_job(job, watch) and old_json != new_json:
+        with contextlib.suppress(FileNotFoundError):
+            old_json.unlink()
+
+
+def remove_temporary_files(folder: Path) -> int:
+    """Delete `*.tuwen-tmp` files a kill left behind in `folder` (recursively); returns how many."""
+    removed = 0
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            if name.endswith(TMP_SUFFIX):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+    return removed

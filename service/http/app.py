@@ -10,13 +10,13 @@
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from service import __version__
+from service.health import health_report
 from service.http import history_api, metrics, openai_api, pages, reports_api
 from service.http.auth import Auth
 from service.http.context import HttpContext
@@ -35,25 +35,9 @@ def create_http_app(app: App) -> FastAPI:
 
     @api.get("/health")
     def health() -> JSONResponse:
-        """200 when the model worker can answer, 503 otherwise (loading, failed, dead); no key needed."""
-        worker = app.worker
-        healthy = worker.alive
-        depth = app.store.queue_depth()
-        body: dict[str, Any] = {
-            "status": "healthy" if healthy else "unhealthy",
-            "version": __version__,
-            "uptime_seconds": round(time.time() - app.started_at, 1),
-            "backend": app.config.model.backend,
-            "model": worker.backend.model_id if worker.backend else None,
-            "model_version": worker.backend.model_version if worker.backend else None,
-            "model_state": worker.state,
-            "queue_depth": sum(depth.values()),
-            "queue_by_priority": {str(k): v for k, v in sorted(depth.items())},
-            "jobs": app.store.status_counts(),
-        }
-        if worker.error is not None:
-            body["error"] = str(worker.error)
-        return JSONResponse(body, status_code=200 if healthy else 503)
+        """200 when the worker, every source and the database work; 503 otherwise, with why. No key needed."""
+        status, body = health_report(app)
+        return JSONResponse(body, status_code=status)
 
     api.include_router(metrics.build_router(ctx))
     api.include_router(openai_api.build_router(ctx))

@@ -11,8 +11,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.errors import TuwenError
+from service.errors import StorageUnavailable, TuwenError
 from service.messages import Message, msg
+
+STORAGE_RETRY_SECONDS = 30
 
 _TYPES = {
     400: "invalid_request_error",
@@ -23,6 +25,7 @@ _TYPES = {
     422: "invalid_request_error",
     429: "rate_limit_error",
     503: "service_unavailable",
+    507: "insufficient_storage",
     504: "timeout_error",
 }
 
@@ -70,6 +73,12 @@ def install_error_handlers(api: FastAPI) -> None:
     @api.exception_handler(TuwenError)
     async def _tuwen_error(_: Request, exc: TuwenError) -> JSONResponse:
         return error_response(422, exc.message)
+
+    @api.exception_handler(StorageUnavailable)
+    async def _storage(_: Request, exc: StorageUnavailable) -> JSONResponse:
+        # 507 Insufficient Storage says exactly what is wrong; the rest (read-only, locked) is temporary.
+        status = 507 if exc.kind == "disk_full" else 503
+        return error_response(status, exc.message, headers={"Retry-After": str(STORAGE_RETRY_SECONDS)})
 
     @api.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -37,7 +37,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from db.models import Job, JobStatus
@@ -179,6 +179,26 @@ class _ScrapeTimeCollector(Collector):
         yield depth
         yield GaugeMetricFamily(
             "tuwen_worker_up", "1 when the model worker can answer", value=1 if app.worker.alive else 0
+        )
+        up = GaugeMetricFamily(
+            "tuwen_source_up",
+            "1 when a component (watch, bot, worker) is doing its job",
+            labels=["name", "kind"],
+        )
+        restarts = CounterMetricFamily(
+            "tuwen_source_restarts",
+            "Restarts of a component after a crash or a stuck job",
+            labels=["name", "kind"],
+        )
+        for status in app.components():
+            up.add_metric([status.name, status.kind], 1 if status.up else 0)
+            restarts.add_metric([status.name, status.kind], status.restarts)
+        yield up
+        yield restarts
+        yield GaugeMetricFamily(
+            "tuwen_storage_up",
+            "1 when the database can be written",
+            value=1 if app.store.health.available else 0,
         )
         if (gpu := _gpu_memory()) is not None:
             yield gpu

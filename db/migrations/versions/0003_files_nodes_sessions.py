@@ -23,7 +23,7 @@ down_revision = '0002'
 branch_labels = None
 depends_on = None
 
-_JOB_COLUMNS = [
+_JOB_COLUMNS: list[sa.Column] = [  # type: ignore[type-arg]
     sa.Column('answer_kind', sa.String(length=16), nullable=True),
     sa.Column('finish_reason', sa.String(length=16), nullable=True),
     sa.Column('error_params', sa.JSON(), nullable=True),
@@ -66,6 +66,22 @@ def upgrade() -> None:
     sa.UniqueConstraint('source', 'source_ref', 'path', name='uq_files_path')
     )
     op.create_index('ix_files_sha', 'files', ['source', 'source_ref', 'sha256'], unique=False)
+    # Files answered before this migration: their newest finished job becomes their recorded state. ctime
+    # and inode were never recorded (0), so the first scan hashes each file once, finds the same content
+    # and only fills them in: no job is created again.
+    if op.get_bind().dialect.name == 'sqlite':
+        op.execute(
+            """INSERT INTO files (source, source_ref, path, display_path, size, mtime_ns, ctime_ns, inode,
+                                  sha256, job_id, state, updated_at)
+               SELECT j.source, j.source_ref, CAST(j.file_path AS BLOB), j.file_path,
+                      COALESCE(j.file_size, 0), CAST(COALESCE(j.file_mtime, 0) * 1000000000 AS INTEGER), 0, 0,
+                      j.sha256, j.id, 'present', CURRENT_TIMESTAMP
+               FROM jobs j
+               WHERE j.id IN (SELECT max(id) FROM jobs
+                              WHERE source IN ('watch', 'batch') AND file_path IS NOT NULL
+                                AND status IN ('done', 'failed')
+                              GROUP BY source, source_ref, file_path)"""
+        )
     op.create_table('nodes',
     sa.Column('name', sa.String(length=128), nullable=False),
     sa.Column('host', sa.String(length=255), nullable=False),

@@ -1,0 +1,12 @@
+"""The job types the spine hands to sources and sinks, so adapters never import `db/` themselves.
+
+A watcher or a bot reads a finished job's fields and its status; how jobs are stored (SQLite or PostgreSQL,
+which columns, which indexes) stays behind the queue's API.
+"""
+
+from __future__ import annotations
+
+from db.files import FileSeen
+from db.models import Job, JobStatus, ReviewStatus
+
+__all__ = ["FileSeen", "Job", "JobStatus", "ReviewStatus"]

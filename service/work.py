@@ -1,0 +1,74 @@
+"""From a claimed job row to what a backend needs: decoded pages and the requests to answer.
+
+Kept apart from the worker so the step a hostile file reaches first (decoding) is small and testable on its
+own: everything here is pure apart from reading the job's image files.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from db.models import Job
+from service.backends.base import Answer, Request, Turn
+from service.config import Config
+from service.images import DecodedImage, decode_image
+from service.messages import msg
+
+
+@dataclass
+class Work:
+    """A claimed job with its decoded images, the requests it needs answered, and (later) the answers."""
+
+    job: Job
+    images: list[DecodedImage]
+    requests: list[Request]
+    answers: list[Answer] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+
+def prepare(job: Job, config: Config) -> Work:
+    """Decode the job's images and build its requests; `PermanentError` for a file that cannot be used."""
+    short = job.uid[:8]
+    images = [decode_image(Path(path), config.images, short) for path in job.images]
+    # A caller (the API) may ask for a shorter answer or more variety than the config's default, never
+    # for more tokens than the config allows.
+    requested = job.extra.get("max_tokens")
+    budget = config.model.max_new_tokens
+
+    def request(turns: tuple[Turn, ...]) -> Request:
+        return Request(
+            turns=turns,
+            max_new_tokens=min(int(requested or budget), budget),
+            temperature=float(job.extra.get("temperature", config.model.temperature)),
+            job_id=short,
+            requested_max_tokens=int(requested) if requested else None,
+        )
+
+    if len(images) == 1 and len(images[0].pages) > 1 and not job.history:
+        # A multi-page TIFF: every page gets the question, and the answers are put together.
+        requests = [request((Turn("user", job.question, (page,)),)) for page in images[0].pages]
+    else:
+        pages = tuple(page for image in images for page in image.pages)
+        requests = [request(conversation(job, pages))]
+    return Work(job=job, images=images, requests=requests)
+
+
+def conversation(job: Job, pages: tuple[object, ...]) -> tuple[Turn, ...]:
+    """Earlier turns first (the images belong to the first user turn), then the new question."""
+    turns: list[Turn] = []
+    for index, turn in enumerate(job.history):
+        images = pages if index == 0 and turn.get("role") == "user" else ()
+        turns.append(Turn(turn["role"], turn["text"], images))  # type: ignore[arg-type]
+    if not turns:
+        return (Turn("user", job.question, pages),)  # type: ignore[arg-type]
+    turns.append(Turn("user", job.question))
+    return tuple(turns)
+
+
+def join_pages(texts: list[str]) -> str:
+    """One text for several pages, each under its page label (a single page is returned as it is)."""
+    if len(texts) == 1:
+        return texts[0]
+    return "\n\n".join(f"[{msg('page_label', n=i)}]\n{t}" for i, t in enumerate(texts, start=1))
