@@ -41,6 +41,7 @@ def record_for_job(job: Job, tags: tuple[str, ...] = ()) -> SidecarRecord:
         prompt_hash=job.prompt_hash,
         tags=tags,
         correction=job.correction,
+        answer_kind=job.answer_kind,
         # JSON only (XMP has tuwen:Corrected): whether a person checked the answer, and when.
         extra={
             "review_status": job.review_status or ReviewStatus.UNREVIEWED,
