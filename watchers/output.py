@@ -65,7 +65,6 @@ def record_for_job(job: Job, tags: tuple[str, ...] = ()) -> SidecarRecord:
     extra: dict[str, object] = {
         "review_status": job.review_status or ReviewStatus.UNREVIEWED,
         "reviewed_at": job.reviewed_at.isoformat() if job.reviewed_at else None,
-        "answer_kind": job.answer_kind,
     }
     if job.notes:
         extra["notes"] = list(job.notes)
@@ -88,6 +87,7 @@ def record_for_job(job: Job, tags: tuple[str, ...] = ()) -> SidecarRecord:
         prompt_hash=job.prompt_hash,
         tags=tags,
         correction=job.correction,
+        answer_kind=job.answer_kind,
         extra=extra,
     )
 

@@ -1,9 +1,9 @@
 """Sidecars next to a scan: `NAME.EXT.json` (everything we know) and `NAME.EXT.xmp` (for photo tools).
 
 - The XMP file is *shared* (digiKam, darktable, Immich and photographers write the same `NAME.EXT.xmp`), so
-  we merge: drop only the properties we own (`OWNED_PROPERTIES` and our `tuwen` namespace), add ours, keep
-  every other element, attribute, prefix and comment. Keyword lists are shared too: we remember the tags we
-  added (`tuwen:Tags`) and next time remove only those, keeping a person's own keywords.
+  we merge (watchers/xmp_merge.py has the rules): tuwen rewrites only its own `tuwen:` namespace, and the
+  caption and keywords only where they are still what tuwen wrote (recorded by hash and by list); a
+  person's caption, keywords, rating, title and every other element, attribute, prefix and comment stay.
 - Hostile XML: any DOCTYPE is refused before expat reads its internal subset, so no entity can be declared,
   expanded or fetched (XMP never carries a DTD); stdlib only, no runtime dependency on defusedxml. A file we
   cannot use is never destroyed: it is kept as `NAME.EXT.xmp.bak-<UTC time>` and we write fresh.
@@ -19,11 +19,10 @@ import contextlib
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,49 +30,39 @@ from types import MappingProxyType
 from typing import Literal
 
 from service import __version__
+from watchers.xmp_merge import (
+    DC_DESCRIPTION,
+    LI,
+    RDF,
+    STANDARD_PREFIXES,
+    TIFF_DESCRIPTION,
+    TUWEN_NS,
+    XML_LANG,
+    XML_NS,
+    XMPMETA,
+    XMPTK,
+    Caption,
+    clean_xml_text,
+    merge_answer,
+)
 
 logger = logging.getLogger(__name__)
 
 SIDECAR_SCHEMA = "tuwen-sidecar/1"
 TMP_SUFFIX = ".tuwen-tmp"
 BACKUP_INFIX = ".bak-"
-TUWEN_NS = "https://tuwen.dev/ns/1.0/"
 # Larger "XMP" files are not sidecars anyone wrote by hand; we keep them as a backup instead of parsing.
 MAX_EXISTING_XMP_BYTES = 16 * 1024 * 1024
 _MAX_XML_DEPTH = 64
-
-_XML_NS = "http://www.w3.org/XML/1998/namespace"
-_STANDARD_PREFIXES: dict[str, str] = {
-    "adobe:ns:meta/": "x",
-    "http://www.w3.org/1999/02/22-rdf-syntax-ns#": "rdf",
-    "http://purl.org/dc/elements/1.1/": "dc",
-    "http://ns.adobe.com/tiff/1.0/": "tiff",
-    "http://ns.adobe.com/xap/1.0/": "xmp",
-    "http://www.digikam.org/ns/1.0/": "digiKam",
-    "http://ns.adobe.com/lightroom/1.0/": "lr",
-    TUWEN_NS: "tuwen",
-}
-
-
-def _q(prefix: str, local: str) -> str:
-    return "{" + next(u for u, p in _STANDARD_PREFIXES.items() if p == prefix) + "}" + local
-
-
-XMPMETA, XMPTK = _q("x", "xmpmeta"), _q("x", "xmptk")
-RDF, DESCRIPTION, ABOUT = _q("rdf", "RDF"), _q("rdf", "Description"), _q("rdf", "about")
-ALT, BAG, SEQ, LI = _q("rdf", "Alt"), _q("rdf", "Bag"), _q("rdf", "Seq"), _q("rdf", "li")
-XML_LANG = f"{{{_XML_NS}}}lang"
-DC_DESCRIPTION, TIFF_DESCRIPTION = _q("dc", "description"), _q("tiff", "ImageDescription")
-# Keyword lists, each with the array type its readers expect (Immich reads the last two, not dc:subject).
-KEYWORD_PROPERTIES: dict[str, str] = {
-    _q("dc", "subject"): BAG,
-    _q("digiKam", "TagsList"): SEQ,
-    _q("lr", "hierarchicalSubject"): BAG,
-}
-OWNED_PROPERTIES = frozenset({DC_DESCRIPTION, TIFF_DESCRIPTION, *KEYWORD_PROPERTIES})
-_TUWEN_TAGS = _q("tuwen", "Tags")
-
-_XML_FORBIDDEN = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+__all__ = [
+    "DC_DESCRIPTION",
+    "LI",
+    "TIFF_DESCRIPTION",
+    "TUWEN_NS",
+    "XML_LANG",
+    "SidecarRecord",
+    "clean_xml_text",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,6 +87,8 @@ class SidecarRecord:
     prompt_hash: str
     tags: tuple[str, ...] = ()
     correction: str | None = None
+    # "ocr" (text read from the scan, the question not answered) or "model"; None for jobs from before 0003.
+    answer_kind: str | None = None
     extra: Mapping[str, object] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -110,11 +101,24 @@ class SidecarRecord:
         object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
 
     @property
+    def corrected(self) -> bool:
+        """Whether staff gave a correction in review (a person's words, not the model's)."""
+        return bool(self.correction and self.correction.strip())
+
+    @property
+    def found_no_text(self) -> bool:
+        """An OCR answer that read nothing: its answer is only a "no text found" notice, not a caption."""
+        return self.answer_kind == "ocr" and not (self.ocr_text or "").strip()
+
+    @property
     def description(self) -> str:
-        """What photo tools should show: the staff correction when there is one, else the model's answer."""
-        if self.correction and self.correction.strip():
-            return self.correction
-        return self.answer or ""
+        """The caption tuwen offers photo tools: the staff correction, else the answer ("" for no OCR text).
+
+        Whether it reaches `dc:description` depends on what is there already (watchers/xmp_merge.py).
+        """
+        if self.corrected:
+            return self.correction or ""
+        return "" if self.found_no_text else self.answer or ""
 
 
 def sidecar_paths(file: Path, watch_root: Path, output_dir: Path | None) -> tuple[Path, Path]:
@@ -149,8 +153,9 @@ def write_json_sidecar(path: Path, record: SidecarRecord) -> None:
 def write_xmp_sidecar(path: Path, record: SidecarRecord) -> None:
     """Merge `record` (a done record) into the XMP sidecar at `path`, atomically.
 
-    Properties we own are replaced; everything else in an existing file is kept. An existing file that is
-    not usable XMP is kept as a `.bak-<timestamp>` copy and a fresh packet is written.
+    tuwen's namespace is rewritten; the caption and keywords only where they are still what tuwen wrote, so
+    a person's caption, keywords and everything else in an existing file are kept (watchers/xmp_merge.py).
+    An existing file that is not usable XMP is kept as a `.bak-<timestamp>` copy and a fresh packet written.
     """
     if record.status != "done":
         raise ValueError("XMP sidecars are written only for done records")
@@ -158,14 +163,52 @@ def write_xmp_sidecar(path: Path, record: SidecarRecord) -> None:
     rdf = root.find(RDF)
     if rdf is None:
         rdf = ET.SubElement(root, RDF)
-    descriptions = rdf.findall(DESCRIPTION) or [ET.SubElement(rdf, DESCRIPTION, {ABOUT: ""})]
-    keywords = _merge_keywords(descriptions, record.tags)
-    for description in descriptions:
-        _remove_owned(description)
-    _add_properties(descriptions[0], record, keywords)
+    text = clean_xml_text(record.description)
+    outcome = merge_answer(
+        rdf,
+        caption=Caption(text, "correction" if record.corrected else "model") if text.strip() else None,
+        tags=record.tags,
+        values=_tuwen_values(record),
+        job_id=clean_xml_text(record.job_id),
+        sha256=clean_xml_text(record.sha256),
+    )
+    if outcome.persons_caption_kept:
+        # Not a problem, but staff may wonder why their review does not show up as the caption in digiKam.
+        logger.info(
+            "job %s: %s has a caption someone else wrote; kept it, tuwen's %s is in tuwen:%s",
+            record.job_id,
+            path,
+            "correction" if record.corrected else "answer",
+            "Correction" if record.corrected else "Answer",
+        )
     root.set(XMPTK, f"tuwen {__version__}")
     atomic_write_bytes(path, _serialize(root, prefixes))
     logger.debug("job %s: wrote %s", record.job_id, path)
+
+
+def _tuwen_values(record: SidecarRecord) -> dict[str, str]:
+    """tuwen's simple properties (local name → text); empty ones are left out."""
+    corrected = record.corrected
+    values = {
+        "Answer": record.answer or "",
+        "OCRText": record.ocr_text or "",
+        "AnswerKind": record.answer_kind or "",
+        "Correction": (record.correction or "") if corrected else "",
+        # AIGenerated describes tuwen's text (the correction, else the answer), not a caption a person kept.
+        "AIGenerated": "False" if corrected else "True",
+        "Corrected": "True" if corrected else "False",
+        # The name the first sidecars gave the model's words beside a correction; kept for their readers.
+        "ModelAnswer": (record.answer or "") if corrected else "",
+        "Model": record.model,
+        "ModelVersion": record.model_version,
+        "Backend": record.backend,
+        "PromptHash": record.prompt_hash,
+        "CreatedAt": record.created_at.isoformat(timespec="seconds"),
+        "JobID": record.job_id,
+        "SHA256": record.sha256,
+        "Version": __version__,
+    }
+    return {local: clean_xml_text(value) for local, value in values.items() if value}
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -188,11 +231,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             tmp.unlink()
         raise
     _fsync_dir(path.parent)
-
-
-def clean_xml_text(text: str) -> str:
-    """`text` without the characters XML 1.0 cannot carry (NUL, most C0 controls, lone surrogates)."""
-    return _XML_FORBIDDEN.sub("", text)
 
 
 # --- reading an existing packet ---------------------------------------------------------------------------
@@ -267,72 +305,6 @@ def _backup(path: Path) -> Path:
     return backup
 
 
-# --- merging ----------------------------------------------------------------------------------------------
-
-
-def _items(element: ET.Element | None) -> list[str]:
-    return [] if element is None else [li.text or "" for li in element.iter(LI)]
-
-
-def _merge_keywords(descriptions: list[ET.Element], tags: tuple[str, ...]) -> dict[str, list[str]]:
-    """Each keyword list as it should be written: other people's keywords, then our current tags."""
-    ours_before = {item for d in descriptions for item in _items(d.find(_TUWEN_TAGS))}
-    merged: dict[str, list[str]] = {}
-    for prop in KEYWORD_PROPERTIES:
-        kept = [item for d in descriptions for item in _items(d.find(prop)) if item not in ours_before]
-        merged[prop] = list(dict.fromkeys([*kept, *(clean_xml_text(t) for t in tags)]))
-    return merged
-
-
-def _owned(name: str) -> bool:
-    return name in OWNED_PROPERTIES or name.startswith(f"{{{TUWEN_NS}}}")
-
-
-def _remove_owned(description: ET.Element) -> None:
-    for child in [c for c in description if isinstance(c.tag, str) and _owned(c.tag)]:
-        description.remove(child)
-    for name in [a for a in description.attrib if _owned(a)]:
-        del description.attrib[name]
-
-
-def _add_properties(description: ET.Element, record: SidecarRecord, keywords: dict[str, list[str]]) -> None:
-    text = clean_xml_text(record.description)
-    if text:
-        for prop in (DC_DESCRIPTION, TIFF_DESCRIPTION):
-            alt = ET.SubElement(ET.SubElement(description, prop), ALT)
-            # x-default first: readers that take one value take the first.
-            for lang in ("x-default", "zh-CN"):
-                ET.SubElement(alt, LI, {XML_LANG: lang}).text = text
-    for prop, items in keywords.items():
-        _add_array(description, prop, KEYWORD_PROPERTIES[prop], items)
-    corrected = bool(record.correction and record.correction.strip())
-    provenance = {
-        "AIGenerated": "False" if corrected else "True",
-        "Corrected": "True" if corrected else "False",
-        "Model": record.model,
-        "ModelVersion": record.model_version,
-        "Backend": record.backend,
-        "PromptHash": record.prompt_hash,
-        "CreatedAt": record.created_at.isoformat(timespec="seconds"),
-        "JobID": record.job_id,
-        "SHA256": record.sha256,
-        "Version": __version__,
-    }
-    if corrected and record.answer:
-        provenance["ModelAnswer"] = record.answer  # the model's words stay on record after a correction
-    for local, value in provenance.items():
-        ET.SubElement(description, _q("tuwen", local)).text = clean_xml_text(value)
-    _add_array(description, _TUWEN_TAGS, BAG, [clean_xml_text(t) for t in record.tags])
-
-
-def _add_array(description: ET.Element, prop: str, kind: str, items: Iterable[str]) -> None:
-    values = [item for item in items if item]
-    if values:
-        array = ET.SubElement(ET.SubElement(description, prop), kind)
-        for value in values:
-            ET.SubElement(array, LI).text = value
-
-
 # --- writing ----------------------------------------------------------------------------------------------
 
 _PACKET_BEGIN = '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
@@ -347,15 +319,15 @@ def _serialize(root: ET.Element, known_prefixes: dict[str, str]) -> bytes:
     ET.indent(root, space=" ")
     used = (name for e in root.iter() if isinstance(e.tag, str) for name in (e.tag, *e.attrib))
     uris = dict.fromkeys(name[1:].partition("}")[0] for name in used if name.startswith("{"))
-    uris.pop(_XML_NS, None)
-    prefixes: dict[str, str] = {_XML_NS: "xml"}
+    uris.pop(XML_NS, None)
+    prefixes: dict[str, str] = {XML_NS: "xml"}
     for uri in uris:
-        wanted = _STANDARD_PREFIXES.get(uri) or known_prefixes.get(uri) or "ns"
+        wanted = STANDARD_PREFIXES.get(uri) or known_prefixes.get(uri) or "ns"
         prefix, n = wanted, 1
         while prefix in prefixes.values() or not prefix.isidentifier():
             prefix, n = f"ns{n}", n + 1
         prefixes[uri] = prefix
-    declarations = {f"xmlns:{p}": uri for uri, p in prefixes.items() if uri != _XML_NS}
+    declarations = {f"xmlns:{p}": uri for uri, p in prefixes.items() if uri != XML_NS}
     out: list[str] = [_PACKET_BEGIN]
     _write_element(root, prefixes, declarations, out)
     out.append(_PACKET_END)
