@@ -4,7 +4,8 @@
 - `metrics`    GET /metrics (Prometheus)
 - `openai_api` POST /v1/chat/completions, GET /v1/models
 - `history_api` /api/… JSON for history, review, export, thumbnails
-- `pages`      /, /login, /kiosk, /feed and their static files; /api/feed/events (SSE)
+- `pages`      /, /kiosk, /feed and their static files; /api/feed/events (SSE)
+- `login`      /login, /logout (server-side sessions)
 - `reports_api` GET /api/reports and /reports/NAME/STAMP/FILE (the written reports)
 """
 
@@ -16,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from db.sessions import SessionStore
 from service import __version__
-from service.http import history_api, metrics, openai_api, pages, reports_api
+from service.http import history_api, login, metrics, openai_api, pages, reports_api
 from service.http.auth import Auth
 from service.http.context import HttpContext
 from service.http.errors import install_error_handlers
@@ -29,7 +31,12 @@ if TYPE_CHECKING:
 def create_http_app(app: App) -> FastAPI:
     """Build the ASGI app bound to a running `App`."""
     api = FastAPI(title="tuwen 图问", version=__version__)
-    ctx = HttpContext(app=app, auth=Auth(app.config.http.api_key.get_secret_value()))
+    auth = Auth(
+        app.config.http.api_key.get_secret_value(),
+        SessionStore(app.store),
+        session_hours=app.config.http.session_hours,
+    )
+    ctx = HttpContext(app=app, auth=auth)
     ctx.metrics = metrics.Metrics(ctx)
     install_error_handlers(api)
 
@@ -59,6 +66,7 @@ def create_http_app(app: App) -> FastAPI:
     api.include_router(openai_api.build_router(ctx))
     api.include_router(history_api.build_router(ctx))
     api.include_router(pages.build_router(ctx))
+    api.include_router(login.build_router(ctx))
     api.include_router(reports_api.build_router(ctx))
     for router in app.http_routers:  # adapters' callback routes (WeCom, Telegram webhook)
         api.include_router(router)
