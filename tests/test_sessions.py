@@ -1,5 +1,5 @@
 """Logging in on a real running service: random server-side sessions, logout, expiry, key rotation, the
-login throttle, and the key never in a URL.
+login throttle, the key never in a URL, and the API description behind the key.
 
 Requests go over real HTTP to 127.0.0.1; the throttle tests also come from 127.0.0.2 and 127.0.0.3 (all of
 127/8 is this machine) to show that wrong tries count per account across addresses.
@@ -222,3 +222,35 @@ def test_kiosk_and_feed_tokens_still_open_their_page_from_the_url(
     live: LiveService, scope: Scope, path: str
 ) -> None:
     assert get(live, path, params={"token": Auth(KEY).token(scope)}).status_code == 200
+
+
+# --- the API description -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/docs/oauth2-redirect"])
+def test_no_swagger_or_redoc_pages_that_load_from_a_cdn(live: LiveService, path: str) -> None:
+    for headers in ({}, BEARER):
+        response = get(live, path, headers=headers)
+        assert response.status_code == 404
+        assert "cdn" not in response.text.lower()
+
+
+def test_openapi_json_needs_the_key_and_has_the_page_headers(live: LiveService) -> None:
+    cookie = session_cookie(login(live))
+    anonymous = get(live, "/openapi.json")
+    in_url = get(live, "/openapi.json", params={"token": KEY})
+    kiosk = get(live, "/openapi.json", headers={"Authorization": f"Bearer {Auth(KEY).token(Scope.KIOSK)}"})
+    bearer = get(live, "/openapi.json", headers=BEARER)
+    by_cookie = get(live, "/openapi.json", headers=with_cookie(cookie))
+    assert [r.status_code for r in (anonymous, in_url, kiosk)] == [401, 401, 401]
+    assert (bearer.status_code, by_cookie.status_code) == (200, 200)
+    assert "/v1/chat/completions" in bearer.json()["paths"]
+    assert all(bearer.headers[name] == value for name, value in PAGE_HEADERS.items())
+
+
+def test_openapi_json_is_open_without_a_key(make_config: Callable[..., Config], backend_factory: Any) -> None:
+    with running_service(make_config(), backend_factory) as svc:
+        response = get(svc, "/openapi.json")
+        docs = get(svc, "/docs")
+    assert response.status_code == 200 and "/v1/chat/completions" in response.json()["paths"]
+    assert response.headers["x-frame-options"] == "DENY" and docs.status_code == 404
