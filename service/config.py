@@ -109,6 +109,7 @@ class HttpConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     api_key: SecretStr = SecretStr("")
+    session_hours: float = Field(12.0, gt=0, le=24 * 366)
     max_queue: int = Field(15, ge=1, le=10000)
     max_body_mb: float = Field(10.0, gt=0, le=1024)
     request_timeout_seconds: float = Field(300.0, gt=0)

@@ -302,6 +302,16 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
     ),
     "api_image_url_failed": ("无法下载图片：{reason}", "cannot download image: {reason}"),
     "api_not_found": ("找不到：{what}", "not found: {what}"),
+    # Sessions and cross-site request checks (service/http/auth.py): a request that only the login cookie
+    # authenticates must come from tuwen's own pages and be JSON
+    "api_csrf_refused": (
+        "拒绝跨站请求：请从图问自己的页面发送，或附上 X-CSRF-Token 请求头",
+        "cross-site request refused: send it from tuwen's own pages or with an X-CSRF-Token header",
+    ),
+    "api_json_required": (
+        "此请求须以 Content-Type: application/json 发送",
+        "this request must be sent with Content-Type: application/json",
+    ),
     # History and review API
     "history_bad_date": (
         "日期格式有误：{name}={value}（应为 YYYY-MM-DD）",
@@ -529,6 +539,12 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
     "ui_login_key": ("访问密钥", "Access key"),
     "ui_login_submit": ("登录", "Log in"),
     "ui_login_wrong": ("密钥不正确，请重试", "wrong key; please try again"),
+    "ui_login_throttled": (
+        "尝试次数过多，请 {seconds} 秒后再试",
+        "too many tries; please wait {seconds} s and try again",
+    ),
+    "ui_logout_title": ("要退出登录吗？", "Log out?"),
+    "ui_logout_back": ("返回", "Back"),
     "ui_kiosk_take_photo": ("拍照", "Take a photo"),
     "ui_kiosk_retake": ("换一张照片", "New photo"),
     "ui_kiosk_hint": ("拍下展品，然后点一个问题", "Photograph an exhibit, then tap a question"),

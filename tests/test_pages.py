@@ -313,8 +313,18 @@ def test_a_key_protects_the_pages(live: Any, watched: Watched) -> None:
         assert page.evaluate("fetch('/api/review/stats').then(r => r.status)") == 200
         (cookie,) = page.context.cookies()
         assert (cookie["httpOnly"], cookie["sameSite"]) == (True, "Lax")
+        ask_on_web(page, ["会话测试 Session"], "写了什么？")  # the session's CSRF token goes with the POST
+        expect(page.locator(".bubble.assistant .text").last).to_contain_text("会话测试")
+        page.goto(svc.base_url + "/#review")
+        page.click("#sample")
+        page.locator(".review-card button.primary").first.click()
+        expect(page.locator(".review-card .saved").first).to_have_text("已保存")
         page.click("#logout")
         expect(page).to_have_url(svc.base_url + "/login")
+        replayed = httpx.get(
+            svc.base_url + "/api/review/stats", headers={"Cookie": f"{cookie['name']}={cookie['value']}"}
+        )
+        (job,) = svc.app.store.list_jobs()
 
         refused = page.goto(svc.base_url + "/kiosk")
         wrong_token = page.goto(svc.base_url + "/kiosk?token=" + auth.token(Scope.FEED))
@@ -326,6 +336,46 @@ def test_a_key_protects_the_pages(live: Any, watched: Watched) -> None:
         feed = open_page(watched, svc.base_url + "/feed?token=" + auth.token(Scope.FEED))
         expect(feed.locator("#status")).to_have_class(re.compile("live"))
     assert (refused.status, wrong_token.status) == (401, 401)
+    assert replayed.status_code == 401  # logging out ended the session on the server, not just in the browser
+    assert (job.source, job.review_status) == ("web", "correct")
+
+
+def test_the_logout_link_asks_first_and_the_login_throttle_explains_itself(
+    live: Any, watched: Watched
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with live(http={"api_key": SecretStr(KEY)}) as svc:
+        page = watched.page
+        page.goto(svc.base_url + "/login")
+        page.fill("#key", KEY)
+        page.click("button[type=submit]")
+        page.wait_for_selector("body.ready")
+        confirm = open_page(watched, svc.base_url + "/logout")
+        expect(confirm.locator("h1")).to_have_text("要退出登录吗？")
+        assert (
+            confirm.evaluate("fetch('/api/review/stats').then(r => r.status)") == 200
+        )  # asking ends nothing
+        confirm.click("#logout")
+        expect(confirm).to_have_url(svc.base_url + "/login")
+        assert page.evaluate("fetch('/api/review/stats').then(r => r.status)") == 401
+
+        def wrong_try(_: int) -> int:
+            return httpx.post(svc.base_url + "/login", data={"key": "wrong"}, timeout=30).status_code
+
+        with ThreadPoolExecutor(10) as pool:
+            assert set(pool.map(wrong_try, range(10))) == {401}
+        page.fill("#key", KEY)
+        with page.expect_response(svc.base_url + "/login") as answer:
+            page.click("button[type=submit]")
+        page.wait_for_selector("body.ready")
+        expect(page.locator("#throttled")).to_be_visible()
+        expect(page.locator("#throttled")).to_contain_text(re.compile(r"尝试次数过多，请 \d+ 秒后再试"))
+        screenshot(page, "login-throttled")
+        page.click("#lang")
+        expect(page.locator("#throttled")).to_contain_text(re.compile(r"too many tries; please wait \d+ s"))
+    assert answer.value.status == 429 and answer.value.headers["retry-after"].isdigit()
+    assert page.context.cookies() == []
 
 
 def test_the_language_switch_is_remembered(live: Any, watched: Watched) -> None:

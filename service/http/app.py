@@ -4,21 +4,27 @@
 - `metrics`    GET /metrics (Prometheus)
 - `openai_api` POST /v1/chat/completions, GET /v1/models
 - `history_api` /api/… JSON for history, review, export, thumbnails
-- `pages`      /, /login, /kiosk, /feed and their static files; /api/feed/events (SSE)
+- `pages`      /, /kiosk, /feed and their static files; /api/feed/events (SSE)
+- `login`      /login, /logout (server-side sessions)
 - `reports_api` GET /api/reports and /reports/NAME/STAMP/FILE (the written reports)
+- GET /openapi.json (here: it describes the whole app) behind the key, with the pages' security headers.
+  FastAPI's /docs and /redoc pages are off: they load Swagger UI and ReDoc from a third-party CDN, so a
+  stranger's script would run on a page of ours while a key sits in it, and a museum LAN may not reach the
+  CDN anyway. Any OpenAPI viewer can read the JSON.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 
+from db.sessions import SessionStore
 from service import __version__
 from service.health import health_report
-from service.http import history_api, metrics, openai_api, pages, reports_api
-from service.http.auth import Auth
+from service.http import history_api, login, metrics, openai_api, pages, reports_api
+from service.http.auth import Auth, Scope, require
 from service.http.context import HttpContext
 from service.http.errors import install_error_handlers
 
@@ -28,8 +34,13 @@ if TYPE_CHECKING:
 
 def create_http_app(app: App) -> FastAPI:
     """Build the ASGI app bound to a running `App`."""
-    api = FastAPI(title="tuwen 图问", version=__version__)
-    ctx = HttpContext(app=app, auth=Auth(app.config.http.api_key.get_secret_value()))
+    api = FastAPI(title="tuwen 图问", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    auth = Auth(
+        app.config.http.api_key.get_secret_value(),
+        SessionStore(app.store),
+        session_hours=app.config.http.session_hours,
+    )
+    ctx = HttpContext(app=app, auth=auth)
     ctx.metrics = metrics.Metrics(ctx)
     install_error_handlers(api)
 
@@ -43,7 +54,14 @@ def create_http_app(app: App) -> FastAPI:
     api.include_router(openai_api.build_router(ctx))
     api.include_router(history_api.build_router(ctx))
     api.include_router(pages.build_router(ctx))
+    api.include_router(login.build_router(ctx))
     api.include_router(reports_api.build_router(ctx))
     for router in app.http_routers:  # adapters' callback routes (WeCom, Telegram webhook)
         api.include_router(router)
+
+    @api.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require(auth, Scope.FULL))])
+    def openapi() -> JSONResponse:
+        """The OpenAPI description of every route (FULL scope when a key is set)."""
+        return JSONResponse(api.openapi(), headers=pages.PAGE_HEADERS)
+
     return api

@@ -1,21 +1,45 @@
 """Who may call what. One `[http] api_key` protects everything but `/health`.
 
-- Programs send it as `Authorization: Bearer KEY` (compared in constant time).
-- People type it once on /login and get a session cookie holding a token derived from the key.
-- A kiosk tablet or a feed screen gets its own derived token in its URL (`/kiosk?token=…`), which opens only
-  that page and what it needs (asking a question, or the live feed), never the history. Derived tokens change
-  when the key changes, so rotating the key locks out every screen and session at once.
+- Programs send the key as `Authorization: Bearer KEY` (compared in constant time), and only there: a key in
+  a URL ends up in proxy logs, browser history and Referer headers, so `?token=KEY` opens nothing.
+- People type the key once on /login and get a session: a random value in an HttpOnly cookie, its SHA-256
+  and a CSRF token in the `sessions` table (`db/sessions.py`). Logout deletes the row; so does expiry after
+  `[http] session_hours`. The row's `user` is `key:<fingerprint of the key>`, so rotating the key ends every
+  session at once, as it did when the cookie was derived from the key.
+- A kiosk tablet or a feed screen gets its own token derived from the key (`/kiosk?token=…`, or the same
+  value as a Bearer header), which opens only that page and what it needs (asking a question, or the live
+  feed), never the history. Derived tokens change when the key changes.
+
+A cookie travels with every request the browser makes to us, including ones another site's page triggers, so
+a state-changing request (POST/PUT/PATCH/DELETE) that only the cookie authenticates must also show it comes
+from our own pages: an `Origin` equal to our own origin, or the session's token in `X-CSRF-Token`; and it must
+be JSON, which a cross-site form cannot send. Requests whose Authorization header (or kiosk/feed token) is
+enough on its own are unaffected: no browser attaches those to a cross-site request.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 
+from service.messages import Message, msg
+
+if TYPE_CHECKING:
+    from db.models import LoginSession
+    from db.sessions import SessionStore
+
 SESSION_COOKIE = "tuwen_session"
+CSRF_HEADER = "x-csrf-token"
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+KEY_USER_PREFIX = "key:"  # sessions opened with the single key; named accounts get plain user names
+KEY_ROLE = "admin"
+_STATE = "tuwen_credentials"  # where one request's checked credentials are kept (request.state)
 
 
 class Scope(StrEnum):
@@ -26,11 +50,27 @@ class Scope(StrEnum):
     FEED = "feed"
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """What one request presented, checked once: scopes opened without the cookie, and the live session."""
+
+    scopes: frozenset[Scope]
+    session: LoginSession | None
+
+    def allows_without_cookie(self, *scopes: Scope) -> bool:
+        """Whether the Authorization header or a kiosk/feed token alone opens one of `scopes`."""
+        return Scope.FULL in self.scopes or any(scope in self.scopes for scope in scopes)
+
+
 class Auth:
     """Checks credentials against the configured key; everything is open when no key is set."""
 
-    def __init__(self, api_key: str) -> None:
+    def __init__(
+        self, api_key: str, sessions: SessionStore | None = None, *, session_hours: float = 12
+    ) -> None:
         self._key = api_key
+        self._sessions = sessions
+        self.session_lifetime = timedelta(hours=session_hours)
 
     @property
     def enabled(self) -> bool:
@@ -40,43 +80,139 @@ class Auth:
     def token(self, scope: Scope | str) -> str:
         """A token derived from the key for a scope or label ('' when no key is set).
 
-        FULL access is the key itself (or the session cookie); derived KIOSK/FEED tokens open only their page.
+        FULL access is the key itself (or a session); derived KIOSK/FEED tokens open only their page.
         """
         if not self._key:
             return ""
         label = scope.value if isinstance(scope, Scope) else str(scope)
         return hmac.new(self._key.encode(), f"tuwen-{label}".encode(), hashlib.sha256).hexdigest()[:40]
 
-    def session_value(self) -> str:
-        """The session cookie's value for a person who typed the key."""
-        return self.token("session") if self._key else ""
+    def key_user(self) -> str:
+        """The `user` of sessions opened with the current key: a short fingerprint, never the key."""
+        return KEY_USER_PREFIX + self.token("session-user")[:16]
 
-    def scopes_of(self, request: Request) -> set[Scope]:
-        """Every scope the request's credentials open."""
-        if not self._key:
-            return set(Scope)
-        presented: list[str] = []
+    def is_key(self, typed: str) -> bool:
+        """Whether `typed` is the key (constant time)."""
+        return _same(typed, self._key)
+
+    # -- sessions --------------------------------------------------------------------------------------
+
+    def start_session(self, address: str) -> str:
+        """Open a session for someone who typed the key; returns the cookie value."""
+        if self._sessions is None:
+            raise RuntimeError("this Auth has no session store")
+        value, _ = self._sessions.create(
+            user=self.key_user(), role=KEY_ROLE, address=address, lifetime=self.session_lifetime
+        )
+        return value
+
+    def end_session(self, session: LoginSession) -> None:
+        """Delete a session's row: its cookie opens nothing from now on."""
+        if self._sessions is not None:
+            self._sessions.delete(session.id)
+
+    def session_of(self, request: Request) -> LoginSession | None:
+        """The live session the request's cookie names, if any."""
+        return self.credentials(request).session
+
+    def _find_session(self, cookie_value: str) -> LoginSession | None:
+        if self._sessions is None or not cookie_value:
+            return None
+        session = self._sessions.find(cookie_value)
+        if session is None:
+            return None
+        if session.user != self.key_user():
+            # Opened with an earlier key (or by an account this version does not know): it vouches for
+            # nothing now. Key sessions are deleted; other rows are left for the code that owns them.
+            if (session.user or "").startswith(KEY_USER_PREFIX):
+                self._sessions.delete(session.id)
+            return None
+        return session
+
+    # -- checking a request ------------------------------------------------------------------------------
+
+    def credentials(self, request: Request) -> Credentials:
+        """The request's credentials, checked once per request (the result is kept on `request.state`)."""
+        cached = getattr(request.state, _STATE, None)
+        if isinstance(cached, Credentials):
+            return cached
+        scopes: set[Scope] = set()
         header = request.headers.get("authorization", "")
         if header.lower().startswith("bearer "):
-            presented.append(header[7:].strip())
-        if cookie := request.cookies.get(SESSION_COOKIE):
-            presented.append(cookie)
+            scopes |= self._scopes_of_token(header[7:].strip(), key_allowed=True)
         if token := request.query_params.get("token"):
-            presented.append(token)
-        scopes: set[Scope] = set()
-        for value in presented:
-            if _same(value, self._key) or _same(value, self.session_value()):
-                return set(Scope)
-            if _same(value, self.token(Scope.KIOSK)):
-                scopes.add(Scope.KIOSK)
-            if _same(value, self.token(Scope.FEED)):
-                scopes.add(Scope.FEED)
+            scopes |= self._scopes_of_token(token, key_allowed=False)
+        session = None
+        if Scope.FULL not in scopes:
+            session = self._find_session(request.cookies.get(SESSION_COOKIE, ""))
+        credentials = Credentials(frozenset(scopes), session)
+        setattr(request.state, _STATE, credentials)
+        return credentials
+
+    def _scopes_of_token(self, value: str, *, key_allowed: bool) -> set[Scope]:
+        if key_allowed and _same(value, self._key):
+            return set(Scope)
+        scopes = set()
+        if _same(value, self.token(Scope.KIOSK)):
+            scopes.add(Scope.KIOSK)
+        if _same(value, self.token(Scope.FEED)):
+            scopes.add(Scope.FEED)
         return scopes
+
+    def scopes_of(self, request: Request) -> set[Scope]:
+        """Every scope the request's credentials open (a session opens them all)."""
+        if not self._key:
+            return set(Scope)
+        credentials = self.credentials(request)
+        return set(Scope) if credentials.session is not None else set(credentials.scopes)
 
     def allows(self, request: Request, *scopes: Scope) -> bool:
         """Whether the request may use something open to any of `scopes` (FULL always may)."""
         granted = self.scopes_of(request)
         return Scope.FULL in granted or any(scope in granted for scope in scopes)
+
+    def refusal(self, request: Request, *scopes: Scope) -> tuple[int, Message] | None:
+        """Why the request may not use something open to `scopes`: (401 | 403, message), or None if it may."""
+        if not self._key:
+            return None
+        credentials = self.credentials(request)
+        if credentials.allows_without_cookie(*scopes):
+            return None
+        if credentials.session is None:
+            return 401, msg("api_unauthorized")
+        if request.method in UNSAFE_METHODS:
+            forged = forgery(request, credentials.session, json_only=True)
+            if forged is not None:
+                return 403, forged
+        return None
+
+
+def forgery(
+    request: Request, session: LoginSession, *, json_only: bool, form_token: str = ""
+) -> Message | None:
+    """Why a cookie-authenticated state change may come from another site's page, or None when it cannot.
+
+    It must carry our own `Origin` or the session's CSRF token (in `X-CSRF-Token`, or `form_token` from a
+    form field); `json_only` endpoints also need `Content-Type: application/json`.
+    """
+    token = request.headers.get(CSRF_HEADER, "") or form_token
+    if not (same_origin(request) or _same(token, session.csrf_token)):
+        return msg("api_csrf_refused")
+    if json_only and not is_json(request.headers.get("content-type", "")):
+        return msg("api_json_required")
+    return None
+
+
+def same_origin(request: Request) -> bool:
+    """Whether the request's `Origin` header is this server's origin (scheme://host[:port] from Host)."""
+    origin = request.headers.get("origin", "")
+    host = request.headers.get("host", "")
+    return bool(origin and host) and origin.lower() == f"{request.url.scheme}://{host}".lower()
+
+
+def is_json(content_type: str) -> bool:
+    """Whether a Content-Type header names application/json (parameters such as charset allowed)."""
+    return content_type.split(";", 1)[0].strip().lower() == "application/json"
 
 
 def _same(given: str, expected: str) -> bool:
@@ -85,12 +221,15 @@ def _same(given: str, expected: str) -> bool:
 
 
 def require(auth: Auth, *scopes: Scope):  # type: ignore[no-untyped-def]
-    """A FastAPI dependency: 401 in OpenAI's error shape unless the request opens one of `scopes`."""
+    """A FastAPI dependency: 401 (or 403 for a possibly forged cookie request) in OpenAI's error shape
+    unless the request opens one of `scopes`."""
     from service.http.errors import ApiError
-    from service.messages import msg
 
     def dependency(request: Request) -> None:
-        if not auth.allows(request, *scopes):
-            raise ApiError(401, msg("api_unauthorized"), headers={"WWW-Authenticate": "Bearer"})
+        refused = auth.refusal(request, *scopes)
+        if refused is not None:
+            status, message = refused
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            raise ApiError(status, message, headers=headers)
 
     return dependency

@@ -56,6 +56,7 @@ TOKENS_PER_SECOND_BUCKETS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 10
 REASONS = {
     400: "invalid_request",
     401: "unauthorized",
+    403: "forbidden",
     413: "too_large",
     422: "bad_image",
     429: "queue_full",

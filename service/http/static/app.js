@@ -1,8 +1,8 @@
 // The web UI at /: ask about an image (streamed answers, follow-ups), browse and export the history, and
 // review answers. Server data goes into the page as text only (see common.js).
 import {
-  applyI18n, el, fetchJson, formatTime, imageDataUrl, loadI18n, newId, setupLangSwitch, sourceLabel,
-  streamChat, t,
+  applyI18n, csrfToken, el, fetchJson, formatTime, imageDataUrl, loadI18n, newId, setupLangSwitch,
+  sourceLabel, streamChat, t,
 } from "./common.js";
 
 const $ = (id) => document.getElementById(id);
@@ -430,7 +430,8 @@ function renderReports() {
 
 async function main() {
   await loadI18n();
-  $("logout").hidden = document.body.dataset.auth !== "on";
+  $("logout-form").hidden = document.body.dataset.auth !== "on";
+  $("logout-csrf").value = csrfToken(); // logging out is a POST with the session's CSRF token
   setupLangSwitch($("lang"), () => {
     renderHistory();
     renderStats();

@@ -111,11 +111,27 @@ export async function errorText(response) {
   return t("ui_error", { reason: `HTTP ${response.status}` });
 }
 
+/**
+ * The login session's CSRF token, which the server puts on <body data-csrf> of pages opened with a session
+ * ("" on kiosk and feed screens that use their own token, and when no key is set).
+ */
+export function csrfToken() {
+  return document.body.dataset.csrf ?? "";
+}
+
+/** `options` for fetch() with X-CSRF-Token added to a state-changing call when the page has a session. */
+function withCsrf(options) {
+  const method = (options.method ?? "GET").toUpperCase();
+  const token = csrfToken();
+  if (!token || method === "GET" || method === "HEAD") return options;
+  return { ...options, headers: { ...(options.headers ?? {}), "X-CSRF-Token": token } };
+}
+
 /** fetch() that throws an Error carrying a displayable message on network failure or a non-2xx answer. */
 export async function fetchJson(url, options = {}) {
   let response;
   try {
-    response = await fetch(url, options);
+    response = await fetch(url, withCsrf(options));
   } catch {
     throw new Error(t("ui_error_network"));
   }
@@ -168,6 +184,7 @@ export async function streamChat({ messages, source, conversation, token, signal
     "X-Tuwen-Conversation": conversation,
   };
   if (token) headers.Authorization = `Bearer ${token}`;
+  else if (csrfToken()) headers["X-CSRF-Token"] = csrfToken();
   let response;
   try {
     response = await fetch("/v1/chat/completions", {

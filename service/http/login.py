@@ -1,0 +1,125 @@
+"""Logging in and out of the web UI.
+
+- `GET /login`   the key form (straight to / when no key is set or the session is still valid)
+- `POST /login`  checks the key, throttled per address and per account (`throttle.py`); on success opens a
+                 server-side session (`auth.py`, `db/sessions.py`) and sets its HttpOnly, SameSite=Lax cookie
+- `GET /logout`  a page that asks, with a button that POSTs; a GET never ends a session, so a link or an
+                 image on another page cannot log anyone out
+- `POST /logout` deletes the session's row, with the same cross-site check as the API (own `Origin`, or the
+                 session's CSRF token as the form field `csrf` or the `X-CSRF-Token` header)
+
+The login form itself needs no CSRF token: it is not authenticated by a cookie, and with one key there is no
+other account an attacker could log a victim into.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from service.http.auth import SESSION_COOKIE, Scope, forgery
+from service.http.context import HttpContext
+from service.http.errors import ApiError
+from service.http.pages import page_response
+from service.http.throttle import LoginThrottle
+
+LOGIN_FAIL_DELAY = 0.5  # seconds; slows guessing without bothering a person who mistyped
+FORM_MAX_BODY = 4096  # bytes; the forms have one field
+KEY_ACCOUNT = "key"  # the throttle's account for the single-key login (named accounts use their name)
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """A tiny urlencoded form, read with a cap so a hostile client cannot make us buffer an endless body.
+
+    Parsed here rather than pulling in python-multipart for one field.
+    """
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > FORM_MAX_BODY:
+            break
+    fields = parse_qs(body[:FORM_MAX_BODY].decode("utf-8", "replace"), keep_blank_values=True)
+    return {key: values[0] for key, values in fields.items()}
+
+
+def client_address(request: Request) -> str:
+    """The peer's address as the server sees it (behind a proxy: the proxy's, unless uvicorn is told to
+    trust its forwarded headers)."""
+    return request.client.host if request.client else ""
+
+
+def build_router(ctx: HttpContext) -> APIRouter:
+    """/login and /logout."""
+    router = APIRouter()
+    auth = ctx.auth
+    throttle = LoginThrottle()
+
+    def signed_out() -> Response:
+        return RedirectResponse("/login" if auth.enabled else "/", status_code=303)
+
+    @router.get("/login", include_in_schema=False)
+    def login_page(request: Request) -> Response:
+        """The key form (or straight to / when no key is set or the session is already valid)."""
+        if not auth.enabled or auth.allows(request, Scope.FULL):
+            return RedirectResponse("/", status_code=303)
+        return page_response("login.html")
+
+    @router.post("/login", include_in_schema=False)
+    async def login(request: Request) -> Response:
+        """Check the typed key; on success open a session, set its cookie and go to /."""
+        if not auth.enabled:
+            return RedirectResponse("/", status_code=303)
+        typed = (await read_form(request)).get("key", "").strip()
+        address = client_address(request)
+        # Checked and counted with no await in between, so a burst of parallel tries cannot all slip in
+        # before the first of them is counted.
+        wait = throttle.retry_after(address, KEY_ACCOUNT)
+        if wait is not None:
+            attrs, headers = {"login": "throttled", "retry": str(wait)}, {"Retry-After": str(wait)}
+            return page_response("login.html", status=429, body_attrs=attrs, headers=headers)
+        if not auth.is_key(typed):
+            throttle.failed(address, KEY_ACCOUNT)
+            await asyncio.sleep(LOGIN_FAIL_DELAY)
+            return page_response("login.html", status=401, body_attrs={"login": "wrong"})
+        cookie = await run_in_threadpool(auth.start_session, address)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(
+            SESSION_COOKIE,
+            cookie,
+            max_age=int(auth.session_lifetime.total_seconds()),
+            httponly=True,
+            samesite="lax",
+            secure=request.url.scheme == "https",
+            path="/",
+        )
+        return response
+
+    @router.get("/logout", include_in_schema=False)
+    def logout_page(request: Request) -> Response:
+        """Ask before logging out; the button POSTs with the session's CSRF token."""
+        session = auth.session_of(request) if auth.enabled else None
+        if session is None:
+            return signed_out()
+        return page_response("logout.html", body_attrs={"csrf": session.csrf_token})
+
+    @router.post("/logout", include_in_schema=False)
+    async def logout(request: Request) -> Response:
+        """End the session server-side and forget its cookie."""
+        session = await run_in_threadpool(auth.session_of, request) if auth.enabled else None
+        if session is not None:
+            form = await read_form(request)
+            forged = forgery(request, session, json_only=False, form_token=form.get("csrf", ""))
+            if forged is not None:
+                raise ApiError(403, forged)
+            await run_in_threadpool(auth.end_session, session)
+        response = signed_out()
+        response.delete_cookie(
+            SESSION_COOKIE, path="/", httponly=True, samesite="lax", secure=request.url.scheme == "https"
+        )
+        return response
+
+    return router
