@@ -27,7 +27,10 @@ from service.queue import prompt_hash
 
 
 def collect_files(folder: Path, ignores: Iterable[str], recursive: bool = True) -> list[Path]:
-    """Files under `folder`, ignored names (and ignored folders) left out, in a stable order."""
+    """Regular files under `folder`, ignored names (and ignored folders) left out, in a stable order.
+
+    FIFOs, sockets and devices are left out too: reading one would block or never end.
+    """
     patterns = tuple(ignores)
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -37,7 +40,7 @@ def collect_files(folder: Path, ignores: Iterable[str], recursive: bool = True) 
         found.extend(
             Path(dirpath) / name
             for name in sorted(filenames)
-            if not any(fnmatch.fnmatch(name, p) for p in patterns)
+            if not any(fnmatch.fnmatch(name, p) for p in patterns) and (Path(dirpath) / name).is_file()
         )
     return found
 

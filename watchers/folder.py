@@ -21,6 +21,7 @@ from watchdog.observers.polling import PollingObserver
 
 from db.models import Job, JobStatus
 from service.config import WatchConfig
+from service.errors import PermanentError
 from service.events import Event, Priority
 from service.images import sha256_file
 from service.messages import msg
@@ -171,6 +172,10 @@ class FolderWatcher:
         key = str(path)
         try:
             digest = sha256_file(path)
+        except PermanentError as exc:  # a FIFO, socket or device named like a scan: never to be read
+            log.warning("%s: skipping %s: %s", self.name, path, exc.message.en)
+            self._seen[key] = (st.st_size, st.st_mtime)
+            return
         except OSError as exc:
             log.warning("%s: cannot read %s yet (%s); will look again", self.name, path, exc)
             self.tracker.touch(path)
