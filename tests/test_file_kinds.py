@@ -144,3 +144,14 @@ def test_the_read_itself_stops_after_max_bytes_plus_one_when_the_size_lies(
         sha256_file(Path("/proc/self/maps"), chunk_size=7, max_bytes=100)
     assert caught.value.code == "image_too_large"
     assert [reader.read_bytes for reader in readers] == [101]
+
+
+def test_batch_collects_regular_files_only(tmp_path: Path) -> None:
+    from service.batch import collect_files
+
+    (tmp_path / "links").mkdir()
+    link_to_fifo(tmp_path / "links")
+    fifo(tmp_path)
+    unix_socket(tmp_path)
+    (tmp_path / "real.jpg").write_bytes(b"\xff\xd8\xff")
+    assert collect_files(tmp_path, ignores=()) == [tmp_path / "real.jpg"]
