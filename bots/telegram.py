@@ -11,12 +11,12 @@ of the service runs, logged once when it starts and once when it ends. The token
 loggers stay at WARNING (at DEBUG they log request URLs, which contain the token) and a filter blanks the
 token out of anything they log anyway.
 
-Telegram specifics kept here, not in the core: photos (largest size) and image documents are accepted up to
-`max_file_mb` (checked from the size Telegram reports *before* downloading, as bots cannot fetch files over
-20 MB); an album (`media_group_id`) arrives as separate messages and is collected for `ALBUM_WINDOW_SECONDS`
-before becoming one question; in groups only messages that mention the bot or reply to it are answered;
-answers are replies to the user's message, split at 4096 UTF-16 code units, with "typing…" kept alive
-while the model works.
+Telegram specifics kept here, not in the core: photos (largest size) and documents in the formats of
+`service/formats.py` (PDF, HEIC, TIFF, ...) are accepted up to `max_file_mb` (checked from the size Telegram
+reports *before* downloading, as bots cannot fetch files over 20 MB); an album (`media_group_id`) arrives
+as separate messages and is collected for `ALBUM_WINDOW_SECONDS` before becoming one question; in groups
+only messages that mention the bot or reply to it are answered; answers are replies to the user's message,
+split at 4096 UTF-16 code units, with "typing…" kept alive while the model works.
 """
 
 from __future__ import annotations

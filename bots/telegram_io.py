@@ -21,6 +21,7 @@ from aiogram.exceptions import (
 from aiogram.types import FSInputFile, Message, ReplyParameters
 
 from bots.core import ChatCore, split_message, utf16_length
+from service import formats
 from service.messages import msg
 from service.sources import NotifyError
 
@@ -61,16 +62,17 @@ async def download_image(
 ) -> bytes | list[str] | None:
     """The message's image bytes; a refusal to reply with; or None when the message carries no image.
 
-    Photos come in several sizes: the largest is taken. Documents are accepted when Telegram says they are
-    images (uncompressed scans are usually sent that way). The size Telegram reports is checked before
-    anything is downloaded.
+    Photos come in several sizes: the largest is taken. Documents are accepted when their type or name is
+    one of service/formats.py (PDF, HEIC, TIFF, ...) or any image type: uncompressed scans and PDFs are
+    sent that way, and phones often send HEIC as `application/octet-stream` with a `.heic` name. The size
+    Telegram reports is checked before anything is downloaded.
     """
     limit = int(max_file_mb * MB)
     if message.photo:
         photo = max(message.photo, key=lambda size: size.width * size.height)
         file_id, size = photo.file_id, photo.file_size
     elif message.document is not None:
-        if not (message.document.mime_type or "").lower().startswith("image/"):
+        if not formats.upload_acceptable(message.document.mime_type or "", message.document.file_name or ""):
             return core.say(msg("bot_not_image"), lang)
         file_id, size = message.document.file_id, message.document.file_size
     else:

@@ -30,7 +30,10 @@ from watchers.scanning import compile_patterns
 
 
 def collect_files(folder: Path, ignores: Iterable[str], recursive: bool = True) -> list[Path]:
-    """Regular files under `folder`, ignored names (and ignored folders) left out, in a stable order."""
+    """Regular files under `folder`, ignored names (and ignored folders) left out, in a stable order.
+
+    FIFOs, sockets and devices are left out too: reading one would block or never end.
+    """
     ignore = compile_patterns(ignores)
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder):

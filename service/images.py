@@ -1,22 +1,30 @@
 """The image pipeline: from a file on disk to size-capped RGB pages the model can take.
 
 Everything a hostile or broken file can do is turned into a `PermanentError` with a catalogue message here,
-so the worker never sees a PIL exception. Large JPEGs (and MPO, the JPEG variant many phones write) are
-decoded in draft mode: libjpeg scales by 1/2, 1/4 or 1/8 while decoding, which is several times faster than
-decoding full size and then resizing (a 6000×4000 photo on a 2-core box: ~1.0 s full decode + resize, ~0.1 s
-here; a worst-case 15 MB noise JPEG still goes from ~1.1 s to ~0.4 s, the entropy decoding being the floor).
-Pages are oriented in place and resized into a new image, so a big scan is never copied at full size.
+so the worker never sees a PIL or pdfium exception. Large JPEGs (and MPO, the JPEG variant many phones write)
+are decoded in draft mode: libjpeg scales by 1/2, 1/4 or 1/8 while decoding, which is several times faster
+than decoding full size and then resizing (a 6000×4000 photo on a 2-core box: ~1.0 s full decode + resize,
+~0.1 s here; a worst-case 15 MB noise JPEG still goes from ~1.1 s to ~0.4 s, the entropy decoding being the
+floor). Pages are oriented in place and resized into a new image, so a big scan is never copied at full size.
+PDFs are rendered by pdfium at the size needed (`service/pdf.py`); HEIC/HEIF goes through pillow-heif's PIL
+plugin, AVIF through Pillow's own.
 
 Choices worth knowing:
 - The format is sniffed from the content, never from the name: a PNG saved as `scan.jpg` decodes. Users rename
-  files carelessly and the bytes are what matter. Only `SUPPORTED_FORMATS` are tried, so the many obscure
-  PIL plugins (EPS, PSD, ICO, ...) are never exposed to untrusted files.
+  files carelessly and the bytes are what matter. Only the PIL plugins of `service/formats.py` are tried, so
+  the many obscure ones (EPS, PSD, ICO, ...) are never exposed to untrusted files.
+- Only regular files are read, and that is checked before the file is opened: opening a FIFO blocks until a
+  writer comes, and a device such as /dev/zero never ends. The check is repeated on the open descriptor
+  (opened non-blocking), so a file swapped for a FIFO in between cannot hang the worker either.
 - `[images] max_pixels` is checked from the header before any pixel is decoded. PIL's own global
   `Image.MAX_IMAGE_PIXELS` stays in place as a backstop (its hard error becomes `image_bomb` too), but its
   warning is not turned into an error: doing that would refuse images our configured limit allows, and
   `warnings.catch_warnings` is process-global state that is not safe to flip from a worker thread.
-- A file that cannot be opened (missing, permissions, a directory) is `image_unreadable`; a file that opens
-  but does not decode is `image_corrupt`. Truncated data is always an error, never grey filler.
+- A file that cannot be opened (missing, permissions, not a regular file) is `image_unreadable`; a file that
+  opens but does not decode is `image_corrupt` (also when its signature names a format we read but PIL
+  cannot make sense of the rest, e.g. a cut-off HEIC). Truncated data is always an error, never grey filler.
+- Pages beyond `[images] max_pages` (multi-page TIFF, PDF) are not decoded; their 1-based numbers are in
+  `DecodedImage.dropped_pages` for the record, not only in the log.
 """
 
 from __future__ import annotations
@@ -24,33 +32,50 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import re
+import stat
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
+import pillow_heif
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from service import formats
 from service.config import ImagesConfig
 from service.errors import PermanentError
-from service.messages import msg
+from service.messages import Message, msg
+from service.pdf import render_pdf
 
 log = logging.getLogger("tuwen.vision")
 
 # Our own `max_pixels` check refuses bombs with a clear message; PIL's warning below it is only noise.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
-# Formats we promise to read. MPO is what many phones write for JPEG photos.
-SUPPORTED_FORMATS = {"JPEG", "MPO", "PNG", "TIFF", "WEBP", "BMP", "GIF"}
-# Formats where only the first frame is meant (animations, stereo pairs), as opposed to TIFF pages.
-FIRST_FRAME_ONLY = {"GIF", "WEBP", "PNG", "MPO"}
-# What Image.open may try, most common first. MPO is not a separate opener: PIL's JPEG opener returns it.
-_OPEN_AS = ("JPEG", "PNG", "TIFF", "WEBP", "GIF", "BMP")
+# HEIC/HEIF through pillow-heif. Thumbnails, depth maps and auxiliary images are never used: not parsed.
+pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+Image.init()
+# What Image.open may try. An opener missing from this Pillow build (AVIF needs Pillow >= 11.3 with libavif)
+# is left out rather than passed to Image.open, which raises KeyError for an unknown name.
+_OPEN_AS = tuple(name for name in formats.pil_openers() if name in Image.OPEN)
+if len(_OPEN_AS) < len(formats.pil_openers()):
+    log.warning("this Pillow cannot open: %s", ", ".join(set(formats.pil_openers()) - set(_OPEN_AS)))
 # Formats whose decoder can scale down while decoding (`Image.draft`).
 DRAFT_FORMATS = {"JPEG", "MPO"}
 # 16-bit (and 32-bit integer) greyscale: archival scanners write these as TIFF, some tools as PNG.
 _WIDE_GREY_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+# Opening never blocks (a FIFO swapped in after the check) and never takes a controlling terminal.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+_KINDS = (
+    (stat.S_ISDIR, "directory"),
+    (stat.S_ISFIFO, "named pipe (FIFO)"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+)
 
 # Never let PIL silently fill a truncated file with grey: that would be a wrong answer, not an error.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -58,52 +83,176 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 @dataclass
 class DecodedImage:
-    """A decoded file: one or more pages, each RGB and capped to the configured long edge."""
+    """A decoded file: one or more pages, each RGB and capped to the configured long edge.
+
+    - `width`, `height`: the first page's original size after EXIF orientation, in pixels; for a PDF its
+      size in points (1/72 inch), as a viewer shows it.
+    - `format`: PIL's name for what the bytes are ("JPEG", "MPO", "HEIF", "AVIF", ...) or "PDF";
+      `service.formats.for_decoder(format).name` is the name to show people.
+    - `source_pages`: how many pages the file has (1 for single images, animations and MPO pairs).
+    - `dropped_pages`: 1-based numbers of the pages not used because of `[images] max_pages`.
+    - `text_layer`: one entry per page in `pages`: a PDF page's own text when it has a real text layer
+      (see `service/pdf.py`), else None. Always as long as `pages`.
+    """
 
     pages: list[Image.Image]
-    width: int  # original size of the first page, after EXIF orientation
+    width: int
     height: int
     format: str
+    source_pages: int = 1
+    dropped_pages: list[int] = field(default_factory=list)
+    text_layer: list[str | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.text_layer:
+            self.text_layer = [None] * len(self.pages)
 
 
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    """The content hash used for de-duplication."""
+def page_ranges(numbers: list[int]) -> str:
+    """Sorted page numbers as short ranges: [3, 4, 5, 9] → "3-5, 9" (for records and messages)."""
+    ranges: list[list[int]] = []
+    for number in sorted(set(numbers)):
+        if ranges and number == ranges[-1][1] + 1:
+            ranges[-1][1] = number
+        else:
+            ranges.append([number, number])
+    return ", ".join(str(first) if first == last else f"{first}-{last}" for first, last in ranges)
+
+
+def dropped_pages_note(decoded: DecodedImage) -> Message | None:
+    """The `pages_dropped` catalogue message for a file with pages left out by `max_pages`, else None."""
+    if not decoded.dropped_pages:
+        return None
+    return msg(
+        "pages_dropped",
+        total=decoded.source_pages,
+        used=len(decoded.pages),
+        pages=page_ranges(decoded.dropped_pages),
+    )
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading if it is a regular file (symlinks followed).
+
+    `PermanentError(image_unreadable)` for anything else, decided before opening; `OSError` when the file
+    is missing or cannot be opened (callers such as the watcher retry those later).
+    """
+    _refuse_irregular(path, os.stat(path).st_mode)
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        _refuse_irregular(path, os.fstat(fd).st_mode)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _refuse_irregular(path: Path, mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for test, name in _KINDS if test(mode)), "special file")
+    raise PermanentError(msg("image_unreadable", reason=f"{path.name}: not a regular file but a {kind}"))
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20, *, max_bytes: int | None = None) -> str:
+    """The content hash used for de-duplication.
+
+    Reads regular files only (`PermanentError(image_unreadable)` otherwise, see `open_regular`) and, with
+    `max_bytes`, at most `max_bytes + 1` bytes: a larger file is `PermanentError(image_too_large)`, also
+    when it grows while being read. Missing or unopenable files raise `OSError` as before.
+    """
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
+    with open_regular(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if max_bytes is not None and size > max_bytes:
+            raise _too_large(size, max_bytes)
+        read = 0
+        while True:
+            wanted = chunk_size if max_bytes is None else min(chunk_size, max_bytes + 1 - read)
+            chunk = handle.read(wanted)
+            if not chunk:
+                break
+            read += len(chunk)
+            if max_bytes is not None and read > max_bytes:
+                raise _too_large(read, max_bytes)
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _too_large(size: int, max_bytes: int) -> PermanentError:
+    limit_mb = f"{max_bytes / 1048576:g}"
+    return PermanentError(msg("image_too_large", size_mb=size / 1048576, limit_mb=limit_mb))
 
 
 def decode_image(path: Path, limits: ImagesConfig, job_id: str = "-") -> DecodedImage:
     """Open, check and decode `path`; raise `PermanentError` with a clear message for any bad file."""
     try:
-        size = path.stat().st_size
+        # Opened here rather than by PIL so that "cannot open" (gone, no permission, not a regular file) is
+        # told apart from "opened but not decodable".
+        handle = open_regular(path)
     except OSError as exc:
         raise PermanentError(msg("image_unreadable", reason=exc.strerror or exc)) from exc
-    if size == 0:
-        raise PermanentError(msg("image_empty"))
-    if size > limits.max_file_mb * 1024 * 1024:
-        raise PermanentError(msg("image_too_large", size_mb=size / 1048576, limit_mb=limits.max_file_mb))
+    with handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size == 0:
+            raise PermanentError(msg("image_empty"))
+        if size > limits.max_file_mb * 1024 * 1024:
+            raise PermanentError(msg("image_too_large", size_mb=size / 1048576, limit_mb=limits.max_file_mb))
+        try:
+            head = handle.read(formats.SNIFF_BYTES)
+            handle.seek(0)
+        except OSError as exc:  # an I/O error on a failing disk or share
+            raise PermanentError(msg("image_unreadable", reason=exc.strerror or exc)) from exc
+        if formats.PDF.magic(head):
+            return _decode_pdf(handle, size, limits, job_id)
+        return _decode_with_pil(handle, head, limits, job_id, path)
+
+
+def _decode_pdf(handle: BinaryIO, size: int, limits: ImagesConfig, job_id: str) -> DecodedImage:
+    try:
+        rendered = render_pdf(handle, size, limits, job_id)
+    except OSError as exc:  # reading the file itself failed (an I/O error on a failing disk or share)
+        raise PermanentError(msg("image_unreadable", reason=exc.strerror or exc)) from exc
+    width, height = rendered.first_page_points
+    return DecodedImage(
+        pages=rendered.pages,
+        width=width,
+        height=height,
+        format="PDF",
+        source_pages=rendered.total_pages,
+        dropped_pages=list(range(len(rendered.pages) + 1, rendered.total_pages + 1)),
+        text_layer=rendered.texts,
+    )
+
+
+def _decode_with_pil(
+    handle: BinaryIO, head: bytes, limits: ImagesConfig, job_id: str, path: Path
+) -> DecodedImage:
     # PIL's own bomb check fails at 2 × MAX_IMAGE_PIXELS: keep it as a backstop just above our limit.
     Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, limits.max_pixels // 2 + 1)
     try:
-        # Opened here rather than by PIL so that "cannot open" (gone, no permission, a directory) is told
-        # apart from "opened but not decodable".
-        handle = open(path, "rb")  # noqa: SIM115 - closed by the `with` below
-    except OSError as exc:
-        raise PermanentError(msg("image_unreadable", reason=exc.strerror or exc)) from exc
-    try:
-        with handle, Image.open(handle, formats=_OPEN_AS) as image:
+        with Image.open(handle, formats=_OPEN_AS) as image:
             return _decode_open_image(image, limits, job_id)
     except PermanentError:
         raise
     except Image.DecompressionBombError as exc:
         raise PermanentError(msg("image_bomb", pixels=_pixels_from(exc), limit=limits.max_pixels)) from exc
     except UnidentifiedImageError as exc:
-        raise PermanentError(msg("image_not_image")) from exc
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as exc:
-        # Truncated JPEG/PNG data, broken TIFF directories, bad chunk CRCs, ...
+        # Our signature but no PIL plugin would take it: a damaged file of a format we read.
+        code = "image_corrupt" if formats.sniff(head) is not None else "image_not_image"
+        raise PermanentError(msg(code)) from exc
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        EOFError,
+        IndexError,
+        TypeError,
+        MemoryError,
+        RuntimeError,
+    ) as exc:
+        # Truncated JPEG/PNG/HEIC data, broken TIFF directories, bad chunk CRCs, ... (RuntimeError: what the
+        # AVIF plugin raises for a damaged file, already while opening it)
         log.info("[job %s] decode failed for %s: %s", job_id, path, exc)
         raise PermanentError(msg("image_corrupt")) from exc
 
@@ -116,10 +265,11 @@ def _pixels_from(exc: Image.DecompressionBombError) -> str:
 
 def _decode_open_image(image: Image.Image, limits: ImagesConfig, job_id: str) -> DecodedImage:
     fmt = (image.format or "").upper()
-    if fmt not in SUPPORTED_FORMATS:
+    known = formats.for_decoder(fmt)
+    if known is None:
         raise PermanentError(msg("image_not_image"))
     _check_pixels(image, limits)
-    available = 1 if fmt in FIRST_FRAME_ONLY else getattr(image, "n_frames", 1)
+    available = getattr(image, "n_frames", 1) if known.all_pages else 1
     frames = min(available, limits.max_pages)
     if frames < available:
         log.info("[job %s] %d pages; using the first %d ([images] max_pages)", job_id, available, frames)
@@ -142,7 +292,14 @@ def _decode_open_image(image: Image.Image, limits: ImagesConfig, job_id: str) ->
         len(pages),
         pages[0].size,
     )
-    return DecodedImage(pages=pages, width=orig_size[0], height=orig_size[1], format=fmt)
+    return DecodedImage(
+        pages=pages,
+        width=orig_size[0],
+        height=orig_size[1],
+        format=fmt,
+        source_pages=available,
+        dropped_pages=list(range(frames + 1, available + 1)),
+    )
 
 
 def _check_pixels(image: Image.Image, limits: ImagesConfig) -> None:

@@ -20,6 +20,8 @@ def _scrubbed(value: object) -> object:
         return value
     return redact.scrub(str(value))
 
+from service import formats
+
 
 @dataclass(frozen=True)
 class Message:
@@ -63,9 +65,10 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
         "无法解码图片：文件已损坏或不完整",
         "cannot decode image: file is corrupt or truncated",
     ),
+    # The list of formats comes from service/formats.py, like everything else that names them.
     "image_not_image": (
-        "不是可识别的图片格式（支持 JPEG、PNG、TIFF、WebP、BMP、GIF）",
-        "not a recognised image format (JPEG, PNG, TIFF, WebP, BMP and GIF are supported)",
+        f"不是可识别的图片格式（支持 {formats.names('zh')}）",
+        f"not a recognised image format ({formats.names('en')} are supported)",
     ),
     "image_bomb": (
         "图片像素过多（{pixels} 像素，上限 {limit}），疑似解压炸弹，已拒绝",
@@ -78,6 +81,27 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
     "image_unreadable": (
         "无法读取文件：{reason}",
         "cannot read file: {reason}",
+    ),
+    "pdf_encrypted": (
+        "PDF 文件设有打开密码，无法读取：请提供未加密的副本",
+        "the PDF is password-protected and cannot be read: provide a copy without a password",
+    ),
+    "pdf_broken": (
+        "PDF 文件已损坏或不完整（可能未完整下载或复制），无法打开",
+        "the PDF is damaged or incomplete (perhaps not fully downloaded or copied) and cannot be opened",
+    ),
+    "pdf_empty": ("PDF 文件没有任何页面", "the PDF has no pages"),
+    "pdf_page_broken": (
+        "PDF 第 {page} 页无法显示：文件已损坏",
+        "page {page} of the PDF cannot be rendered: the file is damaged",
+    ),
+    "pages_dropped": (
+        "共 {total} 页，只处理了前 {used} 页（[images] max_pages）；未处理：第 {pages} 页",
+        "{total} pages; only the first {used} were used ([images] max_pages); not used: pages {pages}",
+    ),
+    "ocr_pdf_text_layer": (
+        "（此页文字取自 PDF 自带的文字层，未经 OCR 识别）",
+        "(text taken from the PDF's own text layer, not read by OCR)",
     ),
     # Model and queue
     "model_oom": (
@@ -203,8 +227,8 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
         "The file is too large ({size_mb} MB); the limit is {limit_mb} MB. Send it as a photo or shrink it.",
     ),
     "bot_not_image": (
-        "这个文件不是图片，请发送照片或图片文件。",
-        "This file is not an image; please send a photo or an image file.",
+        f"这个文件不是图片，请发送照片，或以下格式的文件：{formats.names('zh')}。",
+        f"This file is not an image; please send a photo, or a file in one of these formats: {formats.names('en')}.",
     ),
     "bot_download_failed": (
         "无法下载这张图片，请重新发送。",
@@ -459,6 +483,10 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
     "ui_error_network": ("网络连接失败，请稍后再试", "network error; please try again"),
     "ui_error_interrupted": ("回答中断了，请再问一次", "the answer was interrupted; please ask again"),
     "ui_error_image": ("无法读取这张图片，请换一张", "cannot read this image; please choose another"),
+    "ui_error_format": (
+        f"不支持这种文件，请选择以下格式：{formats.names('zh')}",
+        f"this kind of file is not supported ({formats.names('en')} are)",
+    ),
     "ui_ask_drop": (
         "把图片拖到这里、粘贴（Ctrl+V），或点击选择",
         "Drop an image here, paste it (Ctrl+V) or click to choose",

@@ -13,6 +13,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +26,7 @@ from service.config import Config
 from service.errors import PermanentError
 from service.http.auth import Auth, Scope
 from service.messages import msg
+from tests import documents
 from tests.conftest import wait_until
 from tests.live import LiveService, running_service
 
@@ -244,6 +246,31 @@ def test_bad_images_are_422_and_recorded_but_never_queued(live: LiveService, url
         error["message"],
         "c-9",
     )
+    assert live.app.worker.backend.calls == []  # type: ignore[union-attr]
+
+
+def _cut_pdf(tmp: Path) -> Path:
+    path = documents.text_pdf(tmp / "cut.pdf", [["Land deed of 1941"]])
+    path.write_bytes(path.read_bytes()[:-200])
+    return path
+
+
+@pytest.mark.parametrize(
+    ("build", "code"),
+    [
+        (lambda tmp: documents.encrypted_pdf(tmp / "locked.pdf", user_password="pw"), "pdf_encrypted"),
+        (_cut_pdf, "pdf_broken"),
+        (lambda tmp: documents.empty_pdf(tmp / "empty.pdf"), "pdf_empty"),
+    ],
+    ids=["encrypted", "truncated", "no-pages"],
+)
+def test_bad_pdfs_are_422_with_what_is_wrong(
+    live: LiveService, tmp_path: Path, build: Any, code: str
+) -> None:
+    url = data_url(build(tmp_path).read_bytes(), "application/pdf")
+    assert_error(chat(live, ask(url)), 422, code)
+    (job,) = live.app.store.list_jobs(source="api")
+    assert job.error_code == code
     assert live.app.worker.backend.calls == []  # type: ignore[union-attr]
 
 

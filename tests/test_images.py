@@ -23,6 +23,7 @@ from PIL import Image, JpegImagePlugin
 from service.config import ImagesConfig
 from service.errors import PermanentError
 from service.images import decode_image, sha256_file
+from tests.documents import photo_bytes
 
 RED = (220, 30, 30)
 GREEN = (30, 200, 60)
@@ -126,6 +127,16 @@ def tiff_fax_g4(tmp: Path) -> Path:
     return tmp / "fax.tif"
 
 
+def heic(tmp: Path) -> Path:
+    (tmp / "iphone.heic").write_bytes(photo_bytes(solid(GREEN), "HEIF"))
+    return tmp / "iphone.heic"
+
+
+def avif(tmp: Path) -> Path:
+    (tmp / "web.avif").write_bytes(photo_bytes(solid(BLUE), "AVIF"))
+    return tmp / "web.avif"
+
+
 FORMATS = [
     pytest.param(jpeg, "JPEG", RED, id="jpeg"),
     pytest.param(cmyk_jpeg, "JPEG", (255, 0, 0), id="jpeg-cmyk"),
@@ -137,6 +148,8 @@ FORMATS = [
     pytest.param(gif, "GIF", RED, id="gif"),
     pytest.param(tiff_lzw, "TIFF", GREEN, id="tiff-lzw"),
     pytest.param(tiff_fax_g4, "TIFF", BLACK, id="tiff-1bit-group4"),
+    pytest.param(heic, "HEIF", GREEN, id="heic"),
+    pytest.param(avif, "AVIF", BLUE, id="avif"),
 ]
 
 
@@ -261,6 +274,7 @@ def test_max_pages_keeps_the_first_pages(tmp_path: Path) -> None:
     path = tiff_pages(tmp_path, [RED, GREEN, BLUE, WHITE, BLACK])
     decoded = decode_image(path, ImagesConfig(max_pages=2))
     assert [centre(page) for page in decoded.pages] == [RED, GREEN]
+    assert (decoded.source_pages, decoded.dropped_pages, decoded.text_layer) == (5, [3, 4, 5], [None, None])
 
 
 @pytest.mark.parametrize(
@@ -311,7 +325,9 @@ def left_red_right_blue() -> Image.Image:
     return image
 
 
-@pytest.mark.parametrize("name", ["phone.jpg", "export.png", "web.webp", "scan.tif"])
+@pytest.mark.parametrize(
+    "name", ["phone.jpg", "export.png", "web.webp", "scan.tif", "iphone.heic", "photo.avif"]
+)
 @pytest.mark.parametrize(
     ("orientation", "size", "red_at"),
     [
@@ -326,7 +342,8 @@ def test_exif_orientation_is_applied_and_reported(
 ) -> None:
     exif = Image.Exif()
     exif[ORIENTATION] = orientation
-    left_red_right_blue().save(tmp_path / name, exif=exif)  # stored 400×200, the left half red
+    # Bytes, not the Exif object: pillow-heif turns only those into the HEIF `irot` box, as iPhones write it.
+    left_red_right_blue().save(tmp_path / name, exif=exif.tobytes())  # stored 400×200, the left half red
     decoded = decode_image(tmp_path / name, ImagesConfig())
     assert decoded.pages[0].size == (decoded.width, decoded.height) == size
     assert close_to(pixel(decoded.pages[0], red_at), RED)
@@ -502,6 +519,8 @@ def header_2000_by_1000(tmp: Path) -> Path:
             id="truncated-tiff",
             marks=pytest.mark.filterwarnings("ignore:Corrupt EXIF data"),
         ),
+        pytest.param(truncated(heic), {}, "image_corrupt", id="truncated-heic"),
+        pytest.param(truncated(avif), {}, "image_corrupt", id="truncated-avif"),
         pytest.param(random_bytes, {}, "image_not_image", id="random-bytes-named-jpg"),
         pytest.param(text_file, {}, "image_not_image", id="text-file"),
         pytest.param(ppm, {}, "image_not_image", id="unsupported-ppm"),

@@ -190,6 +190,32 @@ def test_paste_and_drop_pick_the_image_and_errors_show_bilingual(live: Any, watc
     assert pasted.startswith("blob:") and dropped.startswith("blob:") and pasted != dropped
 
 
+def test_pdfs_and_untyped_heic_files_can_be_asked_about_and_others_are_refused(
+    live: Any, watched: Watched, tmp_path: Path
+) -> None:
+    from tests import documents
+
+    pdf = documents.scan_pdf(tmp_path / "letter.pdf", [["档案来信", "Archive letter"]]).read_bytes()
+    heic = documents.photo_bytes(render_text_image(["手机照片", "Phone photo"], size=(600, 300)), "HEIF")
+    with live() as svc:
+        page = open_page(watched, svc.base_url + "/")
+        page.set_input_files(
+            "#file", {"name": "notes.docx", "mimeType": "application/msword", "buffer": b"PK"}
+        )
+        expect(page.locator("#ask-error")).to_contain_text("不支持这种文件")
+        for name, mime, data, text in [
+            ("letter.pdf", "application/pdf", pdf, "档案来信"),
+            ("IMG_0042.HEIC", "", heic, "手机照片"),  # no type: what desktop browsers give for HEIC
+        ]:
+            page.click("#new-conversation")
+            page.set_input_files("#file", {"name": name, "mimeType": mime, "buffer": data})
+            page.fill("#question", "写了什么？")
+            page.click("#send")
+            expect(page.locator(".bubble.assistant .text").last).to_contain_text(text)
+        stored = sorted(Path(job.images[0]).suffix for job in svc.app.store.list_jobs())
+    assert stored == [".heic", ".pdf"]
+
+
 def test_history_search_export_and_review(live: Any, watched: Watched) -> None:
     with live() as svc:
         ask_via_api(svc, ["民国地契一份", "Land deed"])

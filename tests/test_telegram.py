@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,8 +24,10 @@ from service.app import App
 from service.config import Config
 from service.errors import PermanentError
 from service.messages import msg
+from tests import documents
 from tests.conftest import wait_until
 from tests.fake_telegram import FakeTelegram, fake_telegram, message, photo
+from tests.render import render_text_image
 
 TOKEN = "123456789:AAE-secret-Token_for_tests"
 Start = Callable[..., tuple[App, TelegramBot]]
@@ -132,14 +135,52 @@ def test_image_document_without_caption_gets_the_default_question(
     assert jobs(app)[0].question == "请读出图中文字"
 
 
+def _pdf_scan(tmp: Path) -> bytes:
+    return documents.scan_pdf(tmp / "scan.pdf", [["电报文件", "Telegram file"]]).read_bytes()
+
+
+def _heic_photo(tmp: Path) -> bytes:
+    return documents.photo_bytes(render_text_image(["电报文件", "Telegram file"], size=(600, 300)), "HEIF")
+
+
+@pytest.mark.parametrize(
+    ("file_name", "mime_type", "build"),
+    [
+        ("letter.pdf", "application/pdf", _pdf_scan),
+        ("IMG_0042.HEIC", "application/octet-stream", _heic_photo),  # how phones often send HEIC files
+    ],
+)
+def test_pdf_and_heic_documents_are_answered(
+    service: Start,
+    telegram: FakeTelegram,
+    tmp_path: Path,
+    file_name: str,
+    mime_type: str,
+    build: Callable[[Path], bytes],
+) -> None:
+    app, _bot = service()
+    data = build(tmp_path)
+    telegram.add_file("doc-9", data)
+    document = {"file_id": "doc-9", "file_unique_id": "d9", "file_name": file_name, "mime_type": mime_type}
+    telegram.push(message(document={**document, "file_size": len(data)}, caption="写了什么？"))
+    assert "电报文件" in replies(telegram, 1)[0]
+    assert Path(jobs(app)[0].images[0]).suffix == Path(file_name).suffix.lower()
+
+
 def test_oversize_and_non_image_files_are_refused_before_download(
     service: Start, telegram: FakeTelegram
 ) -> None:
     app, _bot = service(max_file_mb=1)
     telegram.push(message(photo=photo("big", 2 * 1024 * 1024)))
     assert replies(telegram, 1) == [msg("bot_file_too_large", size_mb="2.0", limit_mb="1").zh]
-    pdf = {"file_id": "pdf-1", "file_unique_id": "p1", "mime_type": "application/pdf", "file_size": 100}
-    telegram.push(message(document=pdf, language="en"))
+    docx = {
+        "file_id": "docx-1",
+        "file_unique_id": "w1",
+        "file_name": "notes.docx",
+        "mime_type": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "file_size": 100,
+    }
+    telegram.push(message(document=docx, language="en"))
     assert replies(telegram, 2)[1] == msg("bot_not_image").en
     assert telegram.downloads == [] and telegram.sent("getFile") == [] and jobs(app) == []
 

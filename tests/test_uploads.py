@@ -22,7 +22,9 @@ from PIL import Image
 
 from service.http import uploads
 from service.http.uploads import ImageRejected, decode_data_url, extension_for, fetch_image_url, store_upload
+from tests import documents
 from tests.live import running_service
+from tests.render import render_text_image
 
 REFUSED = "10.1.2.3 172.16.0.1 192.168.1.10 127.0.0.1 169.254.169.254 100.64.0.1 0.0.0.0 224.0.0.1 240.0.0.1"
 REFUSED_V6 = "::1 fe80::1 fd00::1 ::ffff:10.0.0.1 ::ffff:127.0.0.1"
@@ -180,3 +182,49 @@ def test_a_fetched_image_is_answered_through_the_api(server: str, make_config, b
         (job,) = live.app.store.list_jobs(source="api")
     assert response.status_code == 200 and "网址图片" in response.json()["choices"][0]["message"]["content"]
     assert Path(job.images[0]).read_bytes() == _ImageServer.scan
+
+
+# --- HEIC, AVIF and PDF through the API ------------------------------------------------------------------
+
+
+def _answer(live: Any, url: str) -> tuple[httpx.Response, Any]:
+    parts = [{"type": "text", "text": "写了什么？"}, {"type": "image_url", "image_url": {"url": url}}]
+    body = {"model": "tuwen", "messages": [{"role": "user", "content": parts}]}
+    response = httpx.post(live.base_url + "/v1/chat/completions", json=body, timeout=60)
+    (job,) = live.app.store.list_jobs(source="api")
+    return response, job
+
+
+def _data_url(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mime", "ext"),
+    [
+        ("HEIF", "image/heic", "heic"),
+        ("HEIF", "application/octet-stream", "heic"),  # what a browser sends for a file it has no type for
+        ("AVIF", "image/avif", "avif"),
+    ],
+)
+def test_a_phone_photo_is_answered_upright_through_the_api(
+    make_config, backend_factory, fmt: str, mime: str, ext: str
+) -> None:  # type: ignore[no-untyped-def]
+    # Stored on its side with EXIF orientation 8 (view turned back): OCR reads the text only when upright.
+    upright = render_text_image(["手机照片", "Phone photo"], size=(600, 300), font_size=48)
+    photo = documents.photo_bytes(upright.transpose(Image.Transpose.ROTATE_270), fmt, orientation=8)
+    with running_service(make_config(), backend_factory) as live:
+        response, job = _answer(live, _data_url(photo, mime))
+    assert response.status_code == 200, response.text
+    assert "手机照片" in response.json()["choices"][0]["message"]["content"]
+    assert Path(job.images[0]).suffix == f".{ext}" and (job.width, job.height) == (600, 300)
+
+
+def test_a_pdf_is_answered_page_by_page_through_the_api(make_config, backend_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pdf = documents.scan_pdf(tmp_path / "letter.pdf", [["第一页 来信"], ["第二页 回信"]]).read_bytes()
+    with running_service(make_config(), backend_factory) as live:
+        response, job = _answer(live, _data_url(pdf, "application/pdf"))
+    assert response.status_code == 200, response.text
+    answer = response.json()["choices"][0]["message"]["content"]
+    assert "第一页" in answer and "第二页" in answer
+    assert Path(job.images[0]).suffix == ".pdf" and job.pages == 2

@@ -8,10 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from db.models import JobStatus
 from service.app import App
+from tests import documents
 from tests.conftest import wait_until
+from tests.render import render_text_image
 
 
 def _sidecar(path: Path) -> dict[str, object] | None:
@@ -107,6 +110,30 @@ def test_bad_files_become_failed_records_and_the_service_stays_up(  # type: igno
     assert not bad.with_name(bad.name + ".xmp").exists()
     assert _sidecar(good)["status"] == "done"  # type: ignore[index]
     assert bad.exists()  # never moved or deleted
+
+
+@pytest.mark.timeout(120)
+def test_pdfs_phone_photos_and_pipes_in_a_watched_folder(make_config, backend_factory, inbox) -> None:  # type: ignore[no-untyped-def]
+    os.mkfifo(inbox / "a-pipe.jpg")  # sorted first: it must not block the scan of the others
+    letter = documents.scan_pdf(inbox / "letter.pdf", [["第一页 来信"], ["第二页 回信"], ["第三页 信封"]])
+    locked = documents.encrypted_pdf(inbox / "locked.pdf", user_password="pw")
+    upright = render_text_image(["手机拍的档案", "Phone photo"], size=(600, 300), font_size=48)
+    phone = inbox / "IMG_0042.HEIC"  # stored on its side; EXIF orientation 8 (iPhones write it as `irot`)
+    phone.write_bytes(documents.photo_bytes(upright.transpose(Image.Transpose.ROTATE_270), "HEIF", 8))
+    app = App(make_config(images={"max_pages": 2}), backend_factory=backend_factory)
+    app.start()
+    wait_until(lambda: _sidecar(letter) and _sidecar(locked) and _sidecar(phone), timeout=90)
+    app.stop()
+    letter_record, locked_record, phone_record = _sidecar(letter), _sidecar(locked), _sidecar(phone)
+    assert letter_record is not None and letter_record["status"] == "done" and letter_record["pages"] == 2
+    assert "第一页" in str(letter_record["answer"]) and "第二页" in str(letter_record["answer"])
+    assert "第三页" not in str(letter_record["answer"])  # [images] max_pages
+    assert locked_record is not None and locked_record["status"] == "failed"
+    assert "设有打开密码" in str(locked_record["error"])
+    assert phone_record is not None and phone_record["status"] == "done"
+    assert (phone_record["width"], phone_record["height"]) == (600, 300)
+    assert "手机拍的档案" in str(phone_record["answer"])
+    assert _sidecar(inbox / "a-pipe.jpg") is None and _jobs_for(app, inbox / "a-pipe.jpg") == []
 
 
 def test_litter_and_our_own_files_are_ignored(make_config, backend_factory, inbox, scan_bytes) -> None:  # type: ignore[no-untyped-def]

@@ -94,7 +94,7 @@ class FileIntake:
             self._refuse(path, st, msg("image_too_large", size_mb=size_mb, limit_mb=limit_mb), None)
             return
         try:
-            digest = sha256_file(path)
+            digest = sha256_file(path, max_bytes=self.limit_bytes)
         except PermanentError as exc:
             self._refuse(path, st, exc.message, None)
             return

@@ -33,6 +33,7 @@ from urllib.parse import urljoin
 
 import httpx
 
+from service import formats
 from service.config import Config, ImagesConfig
 from service.errors import PermanentError
 from service.images import decode_image
@@ -41,27 +42,10 @@ from service.messages import Message, msg
 log = logging.getLogger("tuwen.http.uploads")
 
 MAX_REDIRECTS = 3
-# What a data URL may declare. Anything else is refused before its payload is even decoded.
-IMAGE_MIME_TYPES = {
-    "image/jpeg": "jpg",
-    "image/jpg": "jpg",
-    "image/pjpeg": "jpg",
-    "image/png": "png",
-    "image/gif": "gif",
-    "image/webp": "webp",
-    "image/bmp": "bmp",
-    "image/x-ms-bmp": "bmp",
-    "image/tiff": "tif",
-}
-_MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", "jpg"),
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"GIF87a", "gif"),
-    (b"GIF89a", "gif"),
-    (b"BM", "bmp"),
-    (b"II*\x00", "tif"),
-    (b"MM\x00*", "tif"),
-)
+# What a data URL may declare: the types of service/formats.py, plus "no idea" (browsers send
+# application/octet-stream for files they have no type for, such as HEIC on Windows; the bytes decide).
+# Anything else is refused before its payload is even decoded.
+IMAGE_MIME_TYPES = frozenset((*formats.mime_types(), formats.UNTYPED))
 # Image errors that mean "too big" (413) rather than "not a usable image" (422).
 TOO_LARGE_CODES = {"image_too_large", "image_bomb"}
 _WHITESPACE = re.compile(rb"[ \t\r\n]+")
@@ -121,7 +105,10 @@ def check_decodes(path: Path, limits: ImagesConfig, job_id: str) -> None:
 
 
 def decode_data_url(url: str, max_bytes: int) -> bytes:
-    """The bytes of a `data:image/...;base64,...` URL; `ImageRejected` when it is not one or too big."""
+    """The bytes of a `data:<type>;base64,...` URL; `ImageRejected` when it is not one or too big.
+
+    `<type>` is one of `IMAGE_MIME_TYPES`: an image type or `application/pdf` of service/formats.py.
+    """
     header, comma, payload = url[5:].partition(",")
     params = [p.strip().lower() for p in header.split(";")]
     if not comma or "base64" not in params[1:]:
@@ -143,12 +130,8 @@ def decode_data_url(url: str, max_bytes: int) -> bytes:
 
 def extension_for(data: bytes, declared_mime: str = "") -> str:
     """A file extension from the content's magic bytes (the declared type only when they say nothing)."""
-    for magic, ext in _MAGIC:
-        if data.startswith(magic):
-            return ext
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return IMAGE_MIME_TYPES.get(declared_mime.split(";")[0].strip().lower(), "bin")
+    known = formats.sniff(data[: formats.SNIFF_BYTES]) or formats.for_mime(declared_mime)
+    return known.extension if known is not None else "bin"
 
 
 def store_upload(data_dir: Path, data: bytes, declared_mime: str = "") -> StoredUpload:

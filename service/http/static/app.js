@@ -43,16 +43,32 @@ const ask = {
   controller: null, // the request in flight, if any
 };
 
+/**
+ * Whether the file picker's `accept` list takes `file`: by type, or by extension when the browser knows no
+ * type (HEIC and AVIF on many desktops). The list in index.html is service/formats.py's accept_attribute().
+ */
+function acceptable(file, accept) {
+  const name = (file.name ?? "").toLowerCase();
+  const type = (file.type ?? "").toLowerCase();
+  return accept.split(",").some((token) => {
+    if (token.startsWith(".")) return name.endsWith(token);
+    if (token.endsWith("/*")) return type.startsWith(token.slice(0, -1));
+    return type === token;
+  });
+}
+
 function chooseImage(file) {
   if (!file) return;
-  if (!file.type.startsWith("image/")) {
-    showError("ask-error", t("ui_error_image"));
+  if (!acceptable(file, $("file").accept)) {
+    showError("ask-error", t("ui_error_format"));
     return;
   }
   if (ask.previewUrl) URL.revokeObjectURL(ask.previewUrl);
   ask.file = file;
   ask.dataUrl = null;
   ask.previewUrl = URL.createObjectURL(file);
+  // A PDF or HEIC the browser cannot show still goes to the server; its name stands in for the preview.
+  $("preview").alt = file.name ?? "";
   $("preview").src = ask.previewUrl;
   $("preview").hidden = false;
   $("dropzone").classList.add("has-image");
