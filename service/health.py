@@ -9,20 +9,15 @@ stopped watcher (the worst kind of failure for staff: nothing tells them).
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from db.store import Store
 from service import __version__
 from service.config import Config
 from service.supervisor import ComponentStatus
 
-
-class _Worker(Protocol):
-    state: str
-    alive: bool
-    stuck_jobs: list[str]
-    error: object
-    backend: Any
+if TYPE_CHECKING:
+    from service.worker import ModelWorker
 
 
 class HealthSource(Protocol):
@@ -31,7 +26,7 @@ class HealthSource(Protocol):
     config: Config
     store: Store
     started_at: float
-    worker: _Worker
+    worker: ModelWorker
 
     def components(self) -> list[ComponentStatus]:
         """The worker's and every source's state."""

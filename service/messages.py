@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from service import redact
+from service import formats, redact
 
 _PLAIN = (str, int, float, bool, type(None))
 
@@ -19,8 +19,6 @@ def _scrubbed(value: object) -> object:
     if isinstance(value, int | float | bool) or value is None:
         return value
     return redact.scrub(str(value))
-
-from service import formats
 
 
 @dataclass(frozen=True)

@@ -261,7 +261,7 @@ class ModelWorker:
         run.in_hand, run.in_hand_since = [], None
 
     def _idle(self, stop: threading.Event) -> None:
-        """Wait for work: a `notify()` from this process, a commit from another one, or a retry falling due."""
+        """Wait for work: a `notify()` here, a commit from another process, or a retry falling due."""
         deadline = time.monotonic() + self._idle_timeout()
         version = self.store.data_version()
         while not stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
