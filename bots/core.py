@@ -36,7 +36,7 @@ from service.config import BotConfig, Config
 from service.events import ChatTurn, Event, Priority
 from service.http.uploads import store_upload
 from service.messages import Message, msg
-from service.queue import JobQueue
+from service.queue import JobQueue, QueueFull, WorkerUnavailable
 
 __all__ = ["ChatCore", "IncomingMessage", "split_message", "utf16_length"]
 
@@ -185,16 +185,24 @@ class ChatCore:
             question = message.text.strip()
             if not question:
                 return self.say(msg("bot_need_photo"), lang)
-        refusal = self._admission(message.user_id, now)
+        refusal = self._rate_limited(message.user_id, now)
         if refusal is not None:
             return self.say(refusal, lang)
-        if message.images:
-            paths = await asyncio.to_thread(self._store_images, message.images)
-            conversation = _Conversation(self._new_conversation_id(message), paths)
-            self._conversations[key] = conversation
-        assert conversation is not None
-        conversation.last_active = now
-        job = await self._run_job(message, conversation, question)
+        try:
+            # The queue's one admission rule (shared with the API): model down, or too many waiting.
+            with self.queue.admit(self.config.http.max_queue):
+                if message.images:
+                    paths = await asyncio.to_thread(self._store_images, message.images)
+                    conversation = _Conversation(self._new_conversation_id(message), paths)
+                    self._conversations[key] = conversation
+                assert conversation is not None
+                conversation.last_active = now
+                submitted = await self._submit(message, conversation, question)
+        except QueueFull:
+            return self.say(msg("bot_busy"), lang)
+        except WorkerUnavailable:
+            return self.say(msg("bot_model_down"), lang)
+        job = submitted if isinstance(submitted, Message) else await self._wait(submitted)
         if isinstance(job, Message):
             return self.say(job, lang)
         if job.status != JobStatus.DONE:
@@ -209,10 +217,10 @@ class ChatCore:
             return self.say(msg("bot_empty_answer"), lang)
         return split_message(answer, self.max_message_chars, self.length)
 
-    async def _run_job(
+    async def _submit(
         self, message: IncomingMessage, conversation: _Conversation, question: str
     ) -> Job | Message:
-        """Queue the question and wait for the finished job; a catalogue message when it cannot be had."""
+        """Queue the question; a catalogue message when the queue is shutting down."""
         event = Event(
             source=self.platform,
             source_ref=message.chat_id,
@@ -222,12 +230,15 @@ class ChatCore:
             conversation_id=conversation.conversation_id,
             priority=Priority.INTERACTIVE,
             reply_to=message.message_id or None,
-            extra={"user_id": message.user_id},
+            user_id=message.user_id,
         )
         try:
-            job = await asyncio.to_thread(self.queue.submit, event)
+            return await asyncio.to_thread(self.queue.submit, event)
         except RuntimeError:  # the queue is shutting down
             return msg("bot_model_down")
+
+    async def _wait(self, job: Job) -> Job | Message:
+        """The finished job; a catalogue message when it cannot be had (model gone, timeout)."""
         loop = asyncio.get_running_loop()
         timeout = self.bot.answer_timeout_seconds
         deadline = loop.time() + timeout
@@ -249,12 +260,10 @@ class ChatCore:
         )
         return msg("bot_timeout", seconds=f"{timeout:g}")
 
-    def _admission(self, user_id: str, now: float) -> Message | None:
-        """Model down, queue full or rate limited: the reason to refuse this question, if any."""
+    def _rate_limited(self, user_id: str, now: float) -> Message | None:
+        """The per-user rate limit: why to refuse this question, if it must be."""
         if not self.queue.accepting or not self.queue.worker_available():
-            return msg("bot_model_down")
-        if self.queue.interactive_waiting() >= self.config.http.max_queue:
-            return msg("bot_busy")
+            return msg("bot_model_down")  # said before counting the question against the user
         asked = self._asked.setdefault(user_id, deque())
         while asked and now - asked[0] >= RATE_WINDOW_SECONDS:
             asked.popleft()

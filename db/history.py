@@ -162,7 +162,7 @@ def filter_conditions(job_filter: JobFilter) -> list[ColumnElement[bool]]:
             conditions.append(Job.review_status == f.review)
     if f.date_from is not None:
         conditions.append(Job.created_at >= local_day_start(f.date_from))
-    if f.date_to is not None:
+    if f.date_to is not None and f.date_to < date.max:
         conditions.append(Job.created_at < local_day_start(f.date_to + timedelta(days=1)))
     return conditions
 
@@ -187,8 +187,13 @@ def text_conditions(q: str) -> list[ColumnElement[bool]]:
 
 def local_day_start(day: date) -> datetime:
     """The UTC instant at which `day` begins in the server's local timezone."""
-    # A naive datetime's astimezone() reads the process's local zone (TZ), DST included.
-    return datetime.combine(day, time.min).astimezone().astimezone(UTC)
+    # A naive datetime's astimezone() reads the process's local zone (TZ), DST included. The first and last
+    # days a datetime can hold (0001-01-01, 9999-12-31) would overflow when shifted by the zone's offset:
+    # no job is that old or that new, so the earliest and latest instants stand in for them.
+    try:
+        return datetime.combine(day, time.min).astimezone().astimezone(UTC)
+    except (OverflowError, ValueError):
+        return datetime.min.replace(tzinfo=UTC) if day.year < 2 else datetime.max.replace(tzinfo=UTC)
 
 
 def review_stats(store: Store, *, where: Sequence[ColumnElement[bool]] = ()) -> ReviewStats:

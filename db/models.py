@@ -158,6 +158,8 @@ class Job(Base):
     rotation: Mapped[int | None] = mapped_column(Integer)
     reviewed_by: Mapped[str | None] = mapped_column(String(128))
     request_id: Mapped[str | None] = mapped_column(String(64))
+    # What the caller asked of the generation (service.events.GenerationOptions.as_dict()).
+    options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     __table_args__ = (
         Index("ix_jobs_claim", "status", "priority", "id"),

@@ -29,6 +29,7 @@ from service.retry import Availability
 log = logging.getLogger("tuwen.db")
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+MAX_ROW_ID = 2**63 - 1
 
 
 class ReviewRejected(ValueError):
@@ -262,6 +263,8 @@ class Store:
         text = (correction or "").strip()
         if verdict == ReviewStatus.CORRECTED and not text:
             raise ReviewRejected("correction_missing", "a 'corrected' verdict needs the correction text")
+        if not 0 < job_id <= MAX_ROW_ID:
+            return None
         with self._write() as session:
             job = session.get(Job, job_id)
             if job is None:
@@ -276,7 +279,9 @@ class Store:
     # -- reads -------------------------------------------------------------------------------------
 
     def get(self, job_id: int) -> Job | None:
-        """One job by id."""
+        """One job by id (None for ids no row can have: SQLite integers are 64-bit)."""
+        if not 0 < job_id <= MAX_ROW_ID:
+            return None
         with self._read() as session:
             return session.get(Job, job_id)
 

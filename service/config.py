@@ -123,6 +123,8 @@ class HttpConfig(Strict):
     keep_alive_seconds: float = Field(5.0, ge=1, le=600)
     max_images_per_request: int = Field(8, ge=1, le=100)
     max_pixels_per_request: int = Field(200_000_000, ge=1_000_000)
+    # Browser origins allowed to call the API from other sites (CORS); empty = none.
+    cors_origins: list[str] = Field(default_factory=list)
 
 
 class KioskConfig(Strict):

@@ -18,6 +18,81 @@ class Priority(enum.IntEnum):
     BACKLOG = 10
 
 
+class Source(enum.StrEnum):
+    """Where a job came from (paperless-ngx's `DocumentSource`); the value is what the history records."""
+
+    WATCH = "watch"
+    CLI = "cli"
+    BATCH = "batch"
+    API = "api"
+    WEB = "web"
+    KIOSK = "kiosk"
+    TELEGRAM = "telegram"
+    WECHAT = "wechat"
+    WECOM = "wecom"
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """What a caller may ask of the generation, beside the config's defaults; None = "as configured".
+
+    The config caps what may be asked (`GenerationOptions.clamped`): an API client may ask for fewer tokens
+    than `[model] max_new_tokens`, never more. Backends use what they can (the OCR backend only `max_tokens`,
+    as a character limit) and ignore the rest.
+    """
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    thinking: bool | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        """The set options as JSON values (what the job row stores)."""
+        data: dict[str, object] = {}
+        for name in (
+            "max_tokens",
+            "temperature",
+            "top_p",
+            "seed",
+            "presence_penalty",
+            "frequency_penalty",
+            "thinking",
+        ):
+            value = getattr(self, name)
+            if value is not None:
+                data[name] = value
+        if self.stop:
+            data["stop"] = list(self.stop)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object] | None) -> GenerationOptions:
+        """The options a job row stored (unknown keys ignored: rows outlive versions)."""
+        data = data or {}
+
+        def number(name: str) -> float | None:
+            value = data.get(name)
+            return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+        max_tokens, seed = number("max_tokens"), number("seed")
+        stop = data.get("stop")
+        thinking = data.get("thinking")
+        return cls(
+            max_tokens=int(max_tokens) if max_tokens is not None else None,
+            temperature=number("temperature"),
+            top_p=number("top_p"),
+            seed=int(seed) if seed is not None else None,
+            stop=tuple(str(s) for s in stop) if isinstance(stop, list) else (),
+            presence_penalty=number("presence_penalty"),
+            frequency_penalty=number("frequency_penalty"),
+            thinking=thinking if isinstance(thinking, bool) else None,
+        )
+
+
 @dataclass(frozen=True)
 class ChatTurn:
     """One earlier turn of a conversation (follow-up questions)."""
@@ -49,4 +124,9 @@ class Event:
     file_mtime: float | None = None
     # Things a person should know about the job that are not failures: ({"code", "params"}, ...).
     notes: tuple[dict[str, object], ...] = ()
-    extra: dict[str, object] = field(default_factory=dict)
+    options: GenerationOptions = field(default_factory=GenerationOptions)
+    # Who asked, as far as the source knows: recorded for the history, never used to answer.
+    client_model: str | None = None  # the `model` an API client sent
+    knowledge_base_id: str | None = None
+    user_id: str | None = None  # a chat platform's user id
+    request_id: str | None = None  # the HTTP request's X-Request-ID

@@ -269,7 +269,10 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
     # CLI
     "cli_no_images": ("文件夹中没有可处理的文件：{path}", "no files to process in {path}"),
     "cli_job_failed": ("处理失败：{reason}", "failed: {reason}"),
-    "cli_model_failed": ("模型无法加载，任务未能完成", "the model could not be loaded; the jobs were not answered"),
+    "cli_model_failed": (
+        "模型无法加载，任务未能完成",
+        "the model could not be loaded; the jobs were not answered",
+    ),
     "cli_service_gone": (
         "正在运行的 tuwen serve（节点 {node}）已停止，任务仍在队列中，下次启动服务时会被回答",
         "the running tuwen serve (node {node}) stopped; the jobs stay queued and are answered when it starts again",
@@ -314,6 +317,30 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
         "the model is not ready or its worker has stopped: {reason}",
     ),
     "api_timeout": ("等待回答超时（{seconds} 秒）", "timed out waiting for the answer ({seconds} s)"),
+    "api_unsupported": (
+        "不支持请求中的 {param}：本服务无法提供 {what}。请去掉该字段后重试",
+        "{param} is not supported: this server cannot provide {what}. Remove the field and try again",
+    ),
+    "api_too_many_images": (
+        "一次请求中的图片太多（{count} 张，上限 {limit} 张，[http] max_images_per_request）",
+        "too many images in one request ({count}, limit {limit}, [http] max_images_per_request)",
+    ),
+    "api_too_many_pixels": (
+        "请求中图片的总像素太多（{pixels}，上限 {limit}，[http] max_pixels_per_request）",
+        "the images of this request have too many pixels in all ({pixels}, limit {limit}, [http] max_pixels_per_request)",
+    ),
+    "api_body_timeout": (
+        "请求内容在 {seconds} 秒内没有传完，已断开",
+        "the request body did not arrive within {seconds} s",
+    ),
+    "api_method_not_allowed": (
+        "{path} 不支持 {method} 请求",
+        "{method} is not allowed on {path}",
+    ),
+    "api_model_not_found": (
+        "没有名为 {model} 的模型（本服务提供：{served}）",
+        "the model {model} does not exist here (this server serves: {served})",
+    ),
     "api_image_url_disabled": (
         "不接受图片网址：请以 base64 data URL 发送图片（管理员可开启 [http] allow_image_urls）",
         "image URLs are not accepted: send images as base64 data URLs (an admin can enable [http] allow_image_urls)",

@@ -7,8 +7,11 @@ model worker sleeps on.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import math
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,12 +28,27 @@ from service.messages import Message
 log = logging.getLogger("tuwen.service")
 
 FinishedListener = Callable[[Job], None]
+
+
+class QueueFull(Exception):
+    """Too many interactive jobs are waiting; try again after `retry_after` seconds."""
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        super().__init__(f"{limit} interactive jobs waiting")
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+class WorkerUnavailable(Exception):
+    """No model worker can answer now (loading failed, crashed for good, or the service is stopping)."""
+
+
 TextListener = Callable[[str], None]
 
 
 def prompt_hash(question: str) -> str:
     """A short hash of the question, recorded with answers so a changed prompt is noticed."""
-    return hashlib.sha256(question.encode("utf-8")).hexdigest()[:16]
+    return hashlib.sha256(clean_text(question).encode("utf-8")).hexdigest()[:16]
 
 
 class JobQueue:
@@ -45,6 +63,9 @@ class JobQueue:
         self._finished_listeners: list[FinishedListener] = []
         self._updated_listeners: list[FinishedListener] = []
         self._interactive: set[str] = set()
+        self._admitting = 0  # admitted by `admit()`, not yet submitted
+        # A smoothed interactive job time, for Retry-After when the queue is full.
+        self.recent_job_seconds = 1.0
         self._lock = threading.Lock()
         self.accepting = True
         # Whether a model worker can (soon) answer. The worker installs its own check here, so a source
@@ -70,7 +91,16 @@ class JobQueue:
                 self._text_listeners[uid] = on_text
             if event.priority <= Priority.INTERACTIVE:
                 self._interactive.add(uid)
-        job = self.store.add_job(**_row_fields(event, uid), status=JobStatus.QUEUED, dedup=1 if dedup else 0)
+        try:
+            job = self.store.add_job(
+                **_row_fields(event, uid), status=JobStatus.QUEUED, dedup=1 if dedup else 0
+            )
+        except BaseException:
+            # A job that was never stored must not hold an interactive slot (or a listener) forever.
+            with self._lock:
+                self._interactive.discard(uid)
+                self._text_listeners.pop(uid, None)
+            raise
         log.info(
             "[job %s] queued from %s %s (priority %d)", job.uid[:8], job.source, job.source_ref, job.priority
         )
@@ -104,9 +134,35 @@ class JobQueue:
         return future
 
     def interactive_waiting(self) -> int:
-        """Interactive jobs submitted in this process and not finished yet (for the API's 429 decision)."""
+        """Interactive jobs submitted in this process and not finished yet."""
         with self._lock:
             return len(self._interactive)
+
+    def slots_in_use(self) -> int:
+        """Interactive slots taken: jobs waiting plus requests admitted and not yet submitted."""
+        with self._lock:
+            return len(self._interactive) + self._admitting
+
+    @contextlib.contextmanager
+    def admit(self, limit: int) -> Iterator[None]:
+        """Hold one interactive slot while a request stores its images and submits its job.
+
+        The one admission rule for the API, the pages and the chat bots: `WorkerUnavailable` when no
+        worker can answer, `QueueFull` (with a Retry-After from recent job times) when `limit` interactive
+        jobs are waiting or being admitted. The slot is given back however the block ends; a submitted job
+        then holds its own until it finishes.
+        """
+        if not self.accepting or not self.worker_available():
+            raise WorkerUnavailable()
+        with self._lock:
+            if len(self._interactive) + self._admitting >= limit:
+                raise QueueFull(limit, max(1, min(60, math.ceil(self.recent_job_seconds))))
+            self._admitting += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._admitting -= 1
 
     def add_updated_listener(self, listener: FinishedListener) -> None:
         """Call `listener(job)` after a finished job is changed (a staff review or correction)."""
@@ -151,6 +207,8 @@ class JobQueue:
             self._text_listeners.pop(job.uid, None)
             self._interactive.discard(job.uid)
             future = self._futures.pop(job.uid, None)
+            if job.priority <= Priority.INTERACTIVE and job.latency_ms:
+                self.recent_job_seconds = 0.8 * self.recent_job_seconds + 0.2 * job.latency_ms / 1000
         for listener in self._finished_listeners:
             try:
                 listener(job)
@@ -186,8 +244,34 @@ class JobQueue:
         return self.store.latest_finished_job_for_file(source, source_ref, display_path(file_path))
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """`text` a database can store: lone surrogates (invalid in UTF-8, legal in a JSON string) as U+FFFD."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
 def _row_fields(event: Event, uid: str) -> dict[str, object]:
     """The job row's columns that come from the event (one mapping for queued and refused events)."""
+    return _cleaned(_raw_fields(event, uid))
+
+
+def _cleaned(fields: dict[str, object]) -> dict[str, object]:
+    # Text columns only: `images` keeps the real (surrogate-escaped) paths, which its JSON can hold.
+    for name in ("question", "source_ref", "conversation_id", "reply_to"):
+        value = fields.get(name)
+        if isinstance(value, str):
+            fields[name] = clean_text(value)
+    history = fields.get("history")
+    if isinstance(history, list):
+        fields["history"] = [
+            {k: clean_text(v) if isinstance(v, str) else v for k, v in t.items()} for t in history
+        ]
+    return fields
+
+
+def _raw_fields(event: Event, uid: str) -> dict[str, object]:
     return {
         "uid": uid,
         "source": event.source,
@@ -208,5 +292,15 @@ def _row_fields(event: Event, uid: str) -> dict[str, object]:
         "history": [asdict(turn) for turn in event.history],
         "reply_to": event.reply_to,
         "notes": list(event.notes) or None,
-        "extra": dict(event.extra),
+        "options": event.options.as_dict() or None,
+        "request_id": event.request_id,
+        "extra": {
+            name: value
+            for name, value in (
+                ("client_model", event.client_model),
+                ("knowledge_base_id", event.knowledge_base_id),
+                ("user_id", event.user_id),
+            )
+            if value is not None
+        },
     }

@@ -13,6 +13,7 @@ from pathlib import Path
 from db.models import Job
 from service.backends.base import Answer, Request, Turn
 from service.config import Config
+from service.events import GenerationOptions
 from service.images import DecodedImage, decode_image
 from service.messages import msg
 
@@ -32,18 +33,21 @@ def prepare(job: Job, config: Config) -> Work:
     """Decode the job's images and build its requests; `PermanentError` for a file that cannot be used."""
     short = job.uid[:8]
     images = [decode_image(Path(path), config.images, short) for path in job.images]
+    options = job_options(job)
+    budget = config.model.max_new_tokens
     # A caller (the API) may ask for a shorter answer or more variety than the config's default, never
     # for more tokens than the config allows.
-    requested = job.extra.get("max_tokens")
-    budget = config.model.max_new_tokens
+    max_new = min(options.max_tokens or budget, budget)
+    temperature = config.model.temperature if options.temperature is None else options.temperature
 
     def request(turns: tuple[Turn, ...]) -> Request:
         return Request(
             turns=turns,
-            max_new_tokens=min(int(requested or budget), budget),
-            temperature=float(job.extra.get("temperature", config.model.temperature)),
+            max_new_tokens=max_new,
+            temperature=temperature,
             job_id=short,
-            requested_max_tokens=int(requested) if requested else None,
+            requested_max_tokens=options.max_tokens,
+            options=options,
         )
 
     if len(images) == 1 and len(images[0].pages) > 1 and not job.history:
@@ -53,6 +57,15 @@ def prepare(job: Job, config: Config) -> Work:
         pages = tuple(page for image in images for page in image.pages)
         requests = [request(conversation(job, pages))]
     return Work(job=job, images=images, requests=requests)
+
+
+def job_options(job: Job) -> GenerationOptions:
+    """What the job's caller asked of the generation (rows from before `options` kept them in `extra`)."""
+    if job.options:
+        return GenerationOptions.from_dict(job.options)
+    extra = job.extra or {}
+    legacy: dict[str, object] = {k: extra[k] for k in ("max_tokens", "temperature") if k in extra}
+    return GenerationOptions.from_dict(legacy)
 
 
 def conversation(job: Job, pages: tuple[object, ...]) -> tuple[Turn, ...]:

@@ -101,12 +101,10 @@ NOT_A_CHAT = [
     '{"messages": [{"role": "tool", "content": "x"}]}',
     f'{{"messages": [{USER}, {{"role": "assistant", "content": "b"}}]}}',
     '{"messages": [{"role": "user", "content": ""}]}',
-    '{"messages": [{"role": "user", "content": [{"type": "audio", "audio": 1}]}]}',
     '{"messages": [{"role": "user", "content": [{"type": "text"}]}]}',
     '{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}',
     f'{{"messages": [{USER}], "temperature": 3}}',
     f'{{"messages": [{USER}], "max_tokens": 0}}',
-    f'{{"messages": [{USER}], "n": 2}}',
     f'{{"messages": [{USER}], "stream": "yes"}}',
 ]
 

@@ -12,6 +12,8 @@ from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
+from service.events import GenerationOptions
+
 
 @dataclass(frozen=True)
 class Turn:
@@ -33,6 +35,8 @@ class Request:
     # What the caller asked for (an API client's max_tokens), None when it asked for nothing: the OCR
     # backend cuts its text only then, since a scan's full text is the point of reading it.
     requested_max_tokens: int | None = None
+    # The rest of what the caller asked (top_p, seed, stop, penalties, thinking); backends use what they can.
+    options: GenerationOptions = field(default_factory=GenerationOptions)
 
 
 @dataclass

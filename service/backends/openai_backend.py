@@ -279,6 +279,15 @@ class OpenAIBackend:
             "max_tokens": request.max_new_tokens,
             "temperature": request.temperature,
         }
+        options = request.options
+        for name in ("top_p", "seed", "presence_penalty", "frequency_penalty"):
+            if (value := getattr(options, name)) is not None:
+                body[name] = value
+        if options.stop:
+            body["stop"] = list(options.stop)
+        if options.thinking is not None:
+            # GLM-4.6V (vLLM, SGLang) reasons by default; the chat template takes the switch.
+            body["chat_template_kwargs"] = {"enable_thinking": options.thinking}
         # Without include_usage, servers send no token counts in a stream.
         return body | ({"stream": True, "stream_options": {"include_usage": True}} if stream else {})
 

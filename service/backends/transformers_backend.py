@@ -309,10 +309,10 @@ class TransformersBackend:
     def batch(self, requests: Sequence[Request]) -> list[Answer]:
         """Answer several requests with left-padded batches; same order and results as single runs."""
         answers: dict[int, Answer] = {}
-        # Sampling settings are per generate() call, so only requests with equal temperature share one.
-        groups: dict[float, list[int]] = {}
+        # Sampling settings are per generate() call, so only requests asking for the same share one.
+        groups: dict[tuple[float, object], list[int]] = {}
         for index, request in enumerate(requests):
-            groups.setdefault(request.temperature, []).append(index)
+            groups.setdefault((request.temperature, request.options), []).append(index)
         size = self.settings.batch_size
         try:
             for indices in groups.values():
@@ -388,11 +388,21 @@ class TransformersBackend:
 
     def _generate_kwargs(self, requests: Sequence[Request]) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"max_new_tokens": max(self._max_new_tokens(r) for r in requests)}
+        options = requests[0].options
         if (temperature := requests[0].temperature) > 0:
             kwargs.update(do_sample=True, temperature=temperature)
+            if options.top_p is not None:
+                kwargs["top_p"] = options.top_p
         else:
             # The checkpoint's generation_config samples by default; greedy must be asked for explicitly.
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if options.stop and len(requests) == 1:
+            # transformers stops on strings only with the tokenizer at hand; batches share one setting.
+            kwargs.update(stop_strings=list(options.stop), tokenizer=self._processor.tokenizer)
+        if options.seed is not None and len(requests) == 1:
+            import torch
+
+            torch.manual_seed(options.seed)  # the one model thread owns torch's generator
         return kwargs
 
     def _max_new_tokens(self, request: Request) -> int:

@@ -27,6 +27,7 @@ from service.http import history_api, login, metrics, openai_api, pages, reports
 from service.http.auth import Auth, Scope, require
 from service.http.context import HttpContext
 from service.http.errors import install_error_handlers
+from service.http.middleware import install_middleware
 
 if TYPE_CHECKING:
     from service.app import App
@@ -40,6 +41,7 @@ def create_http_app(app: App) -> FastAPI:
         SessionStore(app.store),
         session_hours=app.config.http.session_hours,
     )
+    install_middleware(api, app.config.http)
     ctx = HttpContext(app=app, auth=auth)
     ctx.metrics = metrics.Metrics(ctx)
     install_error_handlers(api)

@@ -20,7 +20,9 @@ _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     403: "permission_error",
-    404: "not_found_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
@@ -90,7 +92,10 @@ def install_error_handlers(api: FastAPI) -> None:
         return error_response(400, msg("api_bad_request", reason=reason), param=where or None)
 
     @api.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
-            return error_response(404, msg("api_not_found", what=str(exc.detail)))
+            return error_response(404, msg("api_not_found", what=request.url.path))
+        if exc.status_code == 405:
+            message = msg("api_method_not_allowed", method=request.method, path=request.url.path)
+            return error_response(405, message, headers=dict(exc.headers or {}))
         return error_response(exc.status_code, msg("api_bad_request", reason=str(exc.detail)))

@@ -181,6 +181,11 @@ class _ScrapeTimeCollector(Collector):
         yield GaugeMetricFamily(
             "tuwen_worker_up", "1 when the model worker can answer", value=1 if app.worker.alive else 0
         )
+        yield GaugeMetricFamily(
+            "tuwen_interactive_slots_in_use",
+            "Interactive requests waiting or being admitted (at [http] max_queue new ones get 429)",
+            value=app.queue.slots_in_use(),
+        )
         up = GaugeMetricFamily(
             "tuwen_source_up",
             "1 when a component (watch, bot, worker) is doing its job",

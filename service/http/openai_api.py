@@ -24,9 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any
@@ -56,6 +55,7 @@ from service.http.context import HttpContext
 from service.http.errors import ApiError
 from service.http.uploads import ImageRejected, check_decodes, save_image
 from service.messages import Message, msg
+from service.queue import QueueFull, WorkerUnavailable
 
 log = logging.getLogger("tuwen.http.api")
 
@@ -100,13 +100,6 @@ class ChatApi:
         self.ctx = ctx
         self.app = ctx.app
         self.metrics = ctx.metrics
-        self.admitting = 0  # admitted, not yet counted by the queue (the event loop is the only writer)
-        self.recent_job_seconds = 1.0
-        self.app.queue.add_finished_listener(self._job_finished)
-
-    def _job_finished(self, job: Job) -> None:
-        if job.priority <= Priority.INTERACTIVE and job.latency_ms:
-            self.recent_job_seconds = 0.8 * self.recent_job_seconds + 0.2 * job.latency_ms / 1000
 
     def source_of(self, request: Request) -> str:
         """`web`/`kiosk` from X-Tuwen-Source, else `api`; a kiosk-only credential always makes `kiosk`."""
@@ -130,27 +123,31 @@ class ChatApi:
             reason = str(worker.error.en) if worker.error else worker.state
             raise Refused(503, msg("api_model_unavailable", reason=reason))
 
-    def _admit(self) -> None:
-        limit = self.ctx.app.config.http.max_queue
-        if self.app.queue.interactive_waiting() + self.admitting >= limit:
-            seconds = max(1, min(60, math.ceil(self.recent_job_seconds)))
-            message = msg("api_queue_full", limit=limit, seconds=seconds)
-            raise Refused(429, message, headers={"Retry-After": str(seconds)})
-        self.admitting += 1
+    @contextlib.contextmanager
+    def _admitted(self) -> Iterator[None]:
+        """One interactive slot (the queue's one admission rule), as the API's 429/503."""
+        try:
+            with self.app.queue.admit(self.app.config.http.max_queue):
+                yield
+        except QueueFull as full:
+            message = msg("api_queue_full", limit=full.limit, seconds=full.retry_after)
+            raise Refused(429, message, headers={"Retry-After": str(full.retry_after)}) from None
+        except WorkerUnavailable:
+            self._check_worker()
+            raise Refused(503, msg("api_model_unavailable", reason="shutting down")) from None
 
     async def _chat(self, request: Request, source: str) -> Response:
+        """Parse → admit → store the images → submit → relay, each once.
+
+        A request holds an interactive slot only from admission, after its body has been read and checked
+        (a client trickling its body in, or sending garbage, never holds one), until its job is submitted;
+        from then on the queue counts the job itself. Every way out in between gives the slot back.
+        """
         http = self.app.config.http
         self._check_worker()
-        self._admit()
-        try:
-            conversation_id = request.headers.get("x-tuwen-conversation") or None
-            if conversation_id is not None and len(conversation_id) > 128:
-                raise bad("X-Tuwen-Conversation is longer than 128 characters")
-            body = await read_body(request, int(http.max_body_mb * 1024 * 1024), http.max_body_mb)
-            chat = parse_chat_request(body)
-            del body
-            conversation = conversation_of(chat)
-            event = self._event(chat, conversation, source, conversation_id)
+        chat, conversation, conversation_id = await self._parse(request)
+        with self._admitted():
+            event = self._event(chat, conversation, source, conversation_id, request)
             event = await self._with_images(event, conversation.image_urls)
             loop = asyncio.get_running_loop()
             relay = _Relay(loop, chat.stream, lambda seconds: self.metrics.first_piece(source, seconds))
@@ -158,12 +155,11 @@ class ChatApi:
                 job = await asyncio.to_thread(self.app.queue.submit, event, on_text=relay.on_text)
             except RuntimeError as exc:  # the queue stopped accepting: the service is shutting down
                 raise Refused(503, msg("api_model_unavailable", reason="shutting down")) from exc
-        finally:
-            self.admitting -= 1
         log.info(
-            "[job %s] %s chat request: %d image(s), %d earlier turn(s), stream=%s",
+            "[job %s] %s chat request %s: %d image(s), %d earlier turn(s), stream=%s",
             job.uid[:8],
             source,
+            event.request_id,
             len(event.images),
             len(event.history),
             chat.stream,
@@ -179,19 +175,30 @@ class ChatApi:
             raise Refused(422, job_error(finished), reason="job_failed")
         if not relay.first_seen:  # answered without streaming (multi-page TIFF): first text is all text
             self.metrics.first_piece(source, time.monotonic() - relay.started)
-        name, max_new = self.app.config.http.model_name, self._max_new_tokens(chat)
+        name, max_new = http.model_name, self._max_new_tokens(chat)
         return JSONResponse(completion_body(finished, name, created, max_new))
 
+    async def _parse(self, request: Request) -> tuple[ChatRequest, Conversation, str | None]:
+        """The request read (size cap and deadline), validated and turned into a conversation; 400s."""
+        http = self.app.config.http
+        conversation_id = request.headers.get("x-tuwen-conversation") or None
+        if conversation_id is not None and len(conversation_id) > 128:
+            raise bad("X-Tuwen-Conversation is longer than 128 characters")
+        limit = int(http.max_body_mb * 1024 * 1024)
+        body = await read_body(request, limit, http.max_body_mb, http.body_timeout_seconds)
+        chat = parse_chat_request(body)
+        del body
+        return chat, conversation_of(chat, http.max_images_per_request), conversation_id
+
     def _event(
-        self, chat: ChatRequest, conv: Conversation, source: str, conversation_id: str | None
+        self,
+        chat: ChatRequest,
+        conv: Conversation,
+        source: str,
+        conversation_id: str | None,
+        request: Request,
     ) -> Event:
-        extra: dict[str, object] = {"client_model": chat.model}
-        if (max_tokens := chat.max_completion_tokens or chat.max_tokens) is not None:
-            extra["max_tokens"] = max_tokens
-        if chat.temperature is not None:
-            extra["temperature"] = chat.temperature
-        if chat.knowledge_base_id is not None:
-            extra["knowledge_base_id"] = chat.knowledge_base_id
+        kb = chat.knowledge_base_id
         return Event(
             source=source,
             question=conv.question,
@@ -199,24 +206,33 @@ class ChatApi:
             priority=Priority.INTERACTIVE,
             conversation_id=conversation_id,
             history=conv.history,
-            extra=extra,
+            options=chat.options(),
+            client_model=chat.model,
+            knowledge_base_id=str(kb) if kb is not None else None,
+            request_id=getattr(request.state, "request_id", None),
         )
 
     async def _with_images(self, event: Event, urls: tuple[str, ...]) -> Event:
         """Store and check every image; on a bad one record a failed job and refuse (413/422/400)."""
+        config = self.app.config
         paths: list[str] = []
+        pixels = 0
         try:
             for url in urls:
-                stored = await save_image(url, self.app.config)
+                stored = await save_image(url, config)
                 paths.append(str(stored.path))
-                await asyncio.to_thread(check_decodes, stored.path, self.app.config.images, "api")
+                pixels += await asyncio.to_thread(check_decodes, stored.path, config.images, "api")
+                if pixels > config.http.max_pixels_per_request:
+                    limit = config.http.max_pixels_per_request
+                    message = msg("api_too_many_pixels", pixels=pixels, limit=limit)
+                    raise ImageRejected(400, message)
         except ImageRejected as exc:
             job = await asyncio.to_thread(
                 self._record_refused, replace(event, images=tuple(paths)), exc.message
             )
             log.info("[job %s] refused an image: %s", job.uid[:8], exc.message.en)
             reason = {413: "too_large", 422: "bad_image"}.get(exc.status)
-            raise Refused(exc.status, exc.message, reason=reason) from exc
+            raise Refused(exc.status, exc.message, reason=reason, param="messages") from exc
         # No `sha256` on the event: it would let a folder job reuse an answer given with a chat's history.
         return replace(event, images=tuple(paths))
 
@@ -351,5 +367,14 @@ def build_router(ctx: HttpContext) -> APIRouter:
     def list_models() -> dict[str, Any]:
         """The model name clients should send, with the backend behind it."""
         return api.models()
+
+    @router.get("/v1/models/{model_id:path}", dependencies=[Depends(ctx.metrics.require(Scope.FULL))])
+    def get_model(model_id: str) -> dict[str, Any]:
+        """One model (OpenAI's retrieve-model call); 404 in OpenAI's shape for any other name."""
+        entry = api.models()["data"][0]
+        if model_id != entry["id"]:
+            message = msg("api_model_not_found", model=model_id, served=entry["id"])
+            raise ApiError(404, message, param="model")
+        return dict(entry)
 
     return router

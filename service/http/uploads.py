@@ -92,10 +92,14 @@ async def save_image(url: str, config: Config) -> StoredUpload:
     return await asyncio.to_thread(store_upload, config.storage.data_dir, data, declared)
 
 
-def check_decodes(path: Path, limits: ImagesConfig, job_id: str) -> None:
-    """Decode a stored upload the way the worker will; `ImageRejected` (413 or 422) when it cannot be."""
+def check_decodes(path: Path, limits: ImagesConfig, job_id: str) -> int:
+    """Decode a stored upload the way the worker will; its pixels (first page's size × pages).
+
+    `ImageRejected` (413 or 422) when it cannot be decoded.
+    """
     try:
-        decode_image(path, limits, job_id)
+        decoded = decode_image(path, limits, job_id)
+        return decoded.width * decoded.height * max(1, decoded.source_pages)
     except PermanentError as exc:
         status = 413 if exc.code in TOO_LARGE_CODES else 422
         raise ImageRejected(status, exc.message) from exc

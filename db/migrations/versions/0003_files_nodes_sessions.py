@@ -9,7 +9,7 @@ Create Date: 2026-12-01 22:00:00
 - `nodes`: each running `tuwen serve` with a heartbeat (the CLI hands its jobs to a live one).
 - `sessions`: server-side login sessions (logout and expiry really end them).
 - `jobs`: answer_kind, finish_reason, error_params, notes, node, timeouts, catalogued, ocr_lines,
-  needs_review, rotation, reviewed_by, request_id.
+  needs_review, rotation, reviewed_by, request_id, options.
 
 Columns are added with plain ALTER TABLE (no batch copy), so the FTS triggers of 0002 stay in place.
 """
@@ -36,6 +36,7 @@ _JOB_COLUMNS: list[sa.Column] = [  # type: ignore[type-arg]
     sa.Column('rotation', sa.Integer(), nullable=True),
     sa.Column('reviewed_by', sa.String(length=128), nullable=True),
     sa.Column('request_id', sa.String(length=64), nullable=True),
+    sa.Column('options', sa.JSON(), nullable=True),
 ]
 
 
