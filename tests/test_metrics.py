@@ -90,12 +90,22 @@ def test_counts_match_what_was_done(live: LiveService, scan_bytes, tmp_path) -> 
     assert value(samples, "tuwen_job_latency_seconds_count", source="kiosk") == 1
     assert value(samples, "tuwen_time_to_first_token_seconds_count", source="api") == 2
     assert value(samples, "tuwen_time_to_first_token_seconds_count", source="kiosk") == 1
+    # OCR reads characters, it generates nothing: no tokens or tokens per second are claimed for it.
     for label in ("api", "watch", "kiosk"):
-        done = [j for j in jobs if j.source == label and j.status == "done"]
-        tokens = sum(j.completion_tokens or 0 for j in done)
-        assert value(samples, "tuwen_generated_tokens_total", source=label) == tokens > 0
-    assert value(samples, "tuwen_tokens_per_second_count") == 4
+        assert [j.answer_kind for j in jobs if j.source == label and j.status == "done"] == ["ocr"] * len(
+            [j for j in jobs if j.source == label and j.status == "done"]
+        )
+        assert value(samples, "tuwen_generated_tokens_total", source=label) == 0
+    assert value(samples, "tuwen_tokens_per_second_count") == 0
+    # Queue wait and the worker's own time are told apart.
+    assert value(samples, "tuwen_job_queue_wait_seconds_count", source="api") == 2
+    assert value(samples, "tuwen_job_inference_seconds_count", source="api") == 2
+    assert value(samples, "tuwen_job_inference_seconds_count", source="watch") == 1
     assert value(samples, "tuwen_worker_up") == 1
+    assert value(samples, "process_resident_memory_bytes") > 50e6
+    assert value(samples, "process_open_fds") > 0
+    build = [labels for (name, labels) in samples if name == "tuwen_build_info"]
+    assert build and dict(build[0])["backend"] == "ocr" and dict(build[0])["version"]
     assert [value(samples, "tuwen_queue_depth", priority=p) for p in ("interactive", "cli", "backlog")] == [
         0,
         0,

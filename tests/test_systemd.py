@@ -128,6 +128,7 @@ def test_systemd_analyze_verify_reports_mistakes(tmp_path: Path, line: str, repo
         ("Service", "KillSignal", "SIGTERM"),
         ("Service", "EnvironmentFile", "-/etc/tuwen/tuwen.env"),
         ("Service", "StandardError", "journal"),
+        ("Service", "LimitNOFILE", "65536"),
         ("Install", "WantedBy", "multi-user.target"),
     ],
 )

@@ -33,7 +33,9 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
@@ -41,6 +43,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from db.models import Job, JobStatus
+from service import __version__
 from service.events import Priority
 from service.http.auth import Scope, require
 from service.http.context import HttpContext
@@ -105,10 +108,34 @@ class Metrics:
         )
         self.tokens_per_second = Histogram(
             "tuwen_tokens_per_second",
-            "Completion tokens per second of the worker's processing time, per job",
+            "Completion tokens per second of the worker's processing time, per generated answer",
             buckets=TOKENS_PER_SECOND_BUCKETS,
             registry=registry,
         )
+        self.queue_wait = Histogram(
+            "tuwen_job_queue_wait_seconds",
+            "Job time from submit until the worker took it",
+            ["source"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.inference = Histogram(
+            "tuwen_job_inference_seconds",
+            "Job time in the worker: decoding, the model and recording",
+            ["source"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        # CPU, resident memory and open file descriptors of this process (Linux /proc).
+        ProcessCollector(registry=registry)
+        build = Gauge(
+            "tuwen_build_info",
+            "Always 1; the labels say what runs",
+            ["version", "backend", "python"],
+            registry=registry,
+        )
+        python = ".".join(str(part) for part in sys.version_info[:3])
+        build.labels(__version__, ctx.app.config.model.backend, python).set(1)
         registry.register(_ScrapeTimeCollector(ctx))
         ctx.app.queue.add_finished_listener(self.job_finished)
 
@@ -130,8 +157,15 @@ class Metrics:
         if job.created_at is not None and job.finished_at is not None:
             seconds = (job.finished_at - job.created_at).total_seconds()
             self.job_latency.labels(job.source).observe(max(0.0, seconds))
+        if job.created_at is not None and job.started_at is not None:
+            waited = (job.started_at - job.created_at).total_seconds()
+            self.queue_wait.labels(job.source).observe(max(0.0, waited))
+        if job.latency_ms and job.duplicate_of is None:
+            self.inference.labels(job.source).observe(job.latency_ms / 1000)
         tokens = job.completion_tokens or 0
-        if job.status == JobStatus.DONE and tokens > 0 and job.duplicate_of is None:
+        # Only real generation: OCR "tokens" are characters, and a reused answer generated nothing.
+        generated = job.answer_kind == "model" and job.duplicate_of is None
+        if job.status == JobStatus.DONE and tokens > 0 and generated:
             self.generated_tokens.labels(job.source).inc(tokens)
             if job.latency_ms:
                 self.tokens_per_second.observe(tokens / (job.latency_ms / 1000))
