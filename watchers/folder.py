@@ -34,7 +34,13 @@ from service.queue import JobQueue
 from service.retry import Backoff
 from service.supervisor import ComponentStatus, Supervisor
 from watchers.intake import SOURCE, FileIntake
-from watchers.output import append_to_catalogue, remove_temporary_files, write_sidecars_for_job
+from watchers.output import (
+    append_to_catalogue,
+    catalogue_key,
+    catalogue_keys,
+    remove_temporary_files,
+    write_sidecars_for_job,
+)
 from watchers.scanning import FolderRules
 from watchers.stability import StabilityTracker
 
@@ -264,15 +270,29 @@ class FolderWatcher:
             except Exception:
                 log.exception("%s: repairing the sidecars of job %s failed", self.name, job.uid[:8])
         if self.watch.catalogue:
-            for job in self.queue.uncatalogued_jobs(SOURCE, self.watch.key):
-                if append_to_catalogue(job, self.watch):
-                    self.queue.mark_catalogued(job.id)
-                    repaired += 1
+            repaired += self._repair_catalogue()
         if repaired:
             log.info(
                 "%s: rewrote %d missing sidecar(s) or catalogue row(s) from the database", self.name, repaired
             )
         return repaired
+
+    def _repair_catalogue(self) -> int:
+        """Append the rows a crash kept from the catalogue (a row already there is only marked as such)."""
+        pending = self.queue.uncatalogued_jobs(SOURCE, self.watch.key)
+        if not pending:
+            return 0
+        present = catalogue_keys(self.watch)
+        appended = 0
+        for job in pending:
+            try:
+                key = catalogue_key(job, self.watch)
+                if key in present or append_to_catalogue(job, self.watch):
+                    appended += key not in present
+                    self.queue.mark_catalogued(job.id)
+            except Exception:
+                log.exception("%s: the catalogue row of job %s could not be repaired", self.name, job.uid[:8])
+        return appended
 
 
 class _Handler(FileSystemEventHandler):

@@ -12,6 +12,7 @@ and the job's record says which.
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import logging
 import os
@@ -21,7 +22,7 @@ from pathlib import Path
 from service.config import WatchConfig
 from service.files import NAME_MAX, display_path
 from service.jobs import Job, JobStatus, ReviewStatus
-from watchers.catalogue import CATALOGUE_NAME, CatalogueRow, append_catalogue_row
+from watchers.catalogue import CATALOGUE_NAME, CatalogueRow, append_catalogue_row, read_catalogue
 from watchers.sidecars import TMP_SUFFIX, SidecarRecord, write_json_sidecar, write_xmp_sidecar
 
 log = logging.getLogger("tuwen.watch.output")
@@ -145,6 +146,21 @@ def append_to_catalogue(job: Job, watch: WatchConfig) -> bool:
         log.error("cannot append to the catalogue in %s: %s", display_path(root), exc)
         return False
     return True
+
+
+def catalogue_key(job: Job, watch: WatchConfig) -> tuple[str, str]:
+    """(file, time) of a job's catalogue row, as written: what tells whether the row is already there."""
+    row = catalogue_row_for_job(job, watch)
+    return row.cells()[0], row.cells()[1]
+
+
+def catalogue_keys(watch: WatchConfig) -> set[tuple[str, str]]:
+    """(file, time) of every row in the watch's catalogue (empty when there is none yet)."""
+    path = (watch.output_dir or watch.path) / CATALOGUE_NAME
+    try:
+        return {(row.get("file", ""), row.get("time", "")) for row in read_catalogue(path)}
+    except (OSError, UnicodeError, csv.Error):
+        return set()
 
 
 def move_sidecars(old: Path, new: Path, job: Job, watch: WatchConfig) -> None:

@@ -108,11 +108,19 @@ class FolderRules:
         return None
 
     def walk(self) -> Iterator[tuple[Path, list[str]]]:
-        """(folder, file names) for every folder to look in, in a stable order; links are not descended."""
+        """(folder, entry names) for every folder to look in, in a stable order.
+
+        Links to folders are never descended; their names are handed out with the files so that
+        `regular_file` says once that they are skipped.
+        """
         for dirpath, dirnames, filenames in os.walk(self.root):
             base = Path(dirpath)
-            dirnames[:] = sorted(d for d in dirnames if self.watch.recursive and self.descend_into(base / d))
-            yield base, sorted(filenames)
+            linked = [d for d in dirnames if os.path.islink(base / d)]
+            descend = self.watch.recursive
+            dirnames[:] = sorted(
+                d for d in dirnames if descend and d not in linked and self.descend_into(base / d)
+            )
+            yield base, sorted([*filenames, *linked])
 
 
 def _inside(target: Path, root: Path) -> bool:
