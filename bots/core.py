@@ -36,6 +36,7 @@ from service.config import BotConfig, Config
 from service.events import ChatTurn, Event, Priority
 from service.http.uploads import store_upload
 from service.messages import Message, msg
+from service.errors import StorageUnavailable
 from service.queue import JobQueue, QueueFull, WorkerUnavailable
 
 __all__ = ["ChatCore", "IncomingMessage", "split_message", "utf16_length"]
@@ -202,6 +203,8 @@ class ChatCore:
             return self.say(msg("bot_busy"), lang)
         except WorkerUnavailable:
             return self.say(msg("bot_model_down"), lang)
+        except StorageUnavailable:
+            return self.say(msg("bot_storage_down"), lang)
         job = submitted if isinstance(submitted, Message) else await self._wait(submitted)
         if isinstance(job, Message):
             return self.say(job, lang)

@@ -95,8 +95,12 @@ class Store:
                 self._version_conn.close()
                 self._version_conn = None
         with self._write_lock:
-            with self.engine.connect() as conn:
-                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            try:
+                with self.engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            except DBAPIError as exc:
+                # A full or read-only disk at stop: the WAL is checkpointed at the next open instead.
+                log.warning("could not checkpoint the database at stop: %s", getattr(exc, "orig", exc))
             self.engine.dispose()
 
     @contextmanager
@@ -109,7 +113,7 @@ class Store:
             fault = storage_fault(exc, self.path)
             if fault is None:
                 raise
-            self.health.failed(str(fault.message), code=fault.code, error=True)
+            self.health.failed(str(fault.message), code=fault.kind, error=True)
             raise fault from exc
         if not self.health.available:
             self.health.ok()

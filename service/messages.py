@@ -214,6 +214,10 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
         "模型暂时不可用，请稍后再试。",
         "The model is not available right now; please try again later.",
     ),
+    "bot_storage_down": (
+        "服务器暂时无法保存照片（磁盘已满或只读），请稍后再试。",
+        "The server cannot store photos right now (its disk is full or read-only); please try again later.",
+    ),
     "bot_timeout": (
         "等了 {seconds} 秒还没有回答，请稍后再问一次。",
         "No answer after {seconds} s; please ask again later.",

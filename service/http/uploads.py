@@ -34,6 +34,7 @@ from urllib.parse import urljoin
 import httpx
 
 from service import formats
+from db.store import storage_fault
 from service.config import Config, ImagesConfig
 from service.errors import PermanentError
 from service.images import decode_image
@@ -143,19 +144,29 @@ def store_upload(data_dir: Path, data: bytes, declared_mime: str = "") -> Stored
     sha = hashlib.sha256(data).hexdigest()
     folder = data_dir / "uploads" / sha[:2]
     path = folder / f"{sha}.{extension_for(data, declared_mime)}"
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        # A temporary name in the same folder, then an atomic rename: a reader (the worker, a thumbnail)
-        # never sees half a file, and two requests writing the same upload at once both end well.
-        temp = folder / f".{sha}.{uuid.uuid4().hex}.tmp"
-        try:
-            with open(temp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, path)
-        finally:
-            temp.unlink(missing_ok=True)
+    try:
+        if path.exists():
+            # Sent again (a chat client resends its photo with each follow-up): it is in use again, so
+            # the retention clean-up (`[storage] keep_uploads_days`) counts from now.
+            os.utime(path)
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            # A temporary name in the same folder, then an atomic rename: a reader (the worker, a
+            # thumbnail) never sees half a file, and two requests writing the same upload both end well.
+            temp = folder / f".{sha}.{uuid.uuid4().hex}.tmp"
+            try:
+                with open(temp, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(temp, path)
+            finally:
+                temp.unlink(missing_ok=True)
+    except OSError as exc:
+        fault = storage_fault(exc, folder)
+        if fault is None:
+            raise
+        raise fault from exc  # a full or read-only disk: 507/503 for the client, a wait for a bot
     return StoredUpload(path=path, sha256=sha, size=len(data))
 
 
