@@ -33,10 +33,10 @@ from typing import Literal
 from bots.split import split_message, utf16_length
 from db.models import Job, JobStatus
 from service.config import BotConfig, Config
+from service.errors import StorageUnavailable
 from service.events import ChatTurn, Event, Priority
 from service.http.uploads import store_upload
 from service.messages import Message, msg
-from service.errors import StorageUnavailable
 from service.queue import JobQueue, QueueFull, WorkerUnavailable
 
 __all__ = ["ChatCore", "IncomingMessage", "split_message", "utf16_length"]

@@ -33,8 +33,8 @@ from urllib.parse import urljoin
 
 import httpx
 
-from service import formats
 from db.store import storage_fault
+from service import formats
 from service.config import Config, ImagesConfig
 from service.errors import PermanentError
 from service.images import decode_image
