@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from service.backends.registry import create_backend
 from service.config import Config
 from service.errors import StartupError
-from service.http.server import QuietServer, uvicorn_config
+from service.http.server import AcceptErrorThrottle, QuietServer, uvicorn_config
 from service.messages import msg
 from service.nodes import NodeHeartbeat, requeue_orphans
 from service.queue import JobQueue
@@ -149,6 +149,7 @@ class App:
         sock = bind_socket(http.host, http.port) if http.enabled else None
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop_event.set)
+        loop.set_exception_handler(AcceptErrorThrottle())
         self.start()
         server: QuietServer | None = None
         server_task: asyncio.Task[None] | None = None

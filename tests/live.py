@@ -14,6 +14,7 @@ import uvicorn
 from service.app import App
 from service.config import Config
 from service.http.app import create_http_app
+from service.http.server import uvicorn_config
 
 
 @dataclass
@@ -34,9 +35,8 @@ def running_service(
     app = App(config, **kwargs)
     app.start()
     http_app = create_http_app(app)
-    server = uvicorn.Server(
-        uvicorn.Config(http_app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    )
+    # The service's own uvicorn settings (limits, timeouts, the guarded protocol), on a free port.
+    server = uvicorn.Server(uvicorn_config(http_app, config, host="127.0.0.1", port=0))
     thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -155,7 +155,7 @@ def test_max_tokens_and_temperature_reach_the_job(glm: LiveService, client: open
     job = job_of(glm, completion.id)
     usage = completion.usage
     assert usage is not None and usage.completion_tokens <= 3
-    assert (job.extra["max_tokens"], job.extra["temperature"]) == (3, 0.7)
+    assert (job.options["max_tokens"], job.options["temperature"]) == (3, 0.7)
     expected_finish = "length" if usage.completion_tokens == 3 else "stop"
     assert completion.choices[0].finish_reason == expected_finish
 
