@@ -128,10 +128,16 @@ def rotate_quad(box: Quad, degrees: int, width: float, height: float) -> Quad:
     return (p[0], p[1], p[2], p[3])
 
 
-def dominant_direction(items: Sequence[TextBox]) -> Direction:
-    """The direction most characters on the page run in (`ltr` when no box has one)."""
+def dominant_direction(items: Sequence[TextBox], min_confidence: float = 0.0) -> Direction:
+    """The direction most characters run in, counting lines of at least `min_confidence` when there are any.
+
+    Lines the recogniser doubts are often the ones read at the wrong angle: on an unruled table turned
+    270°, the cells of one column merge into sideways "rows" of wrong digits (0.73–0.87) that outnumber the
+    column headings read correctly (1.00). Without a direction anywhere, `ltr`.
+    """
+    sure = [item for item in items if item.confidence >= min_confidence] or list(items)
     weight: dict[Direction, int] = {}
-    for item in items:
+    for item in sure:
         if item.direction is not None:
             weight[item.direction] = weight.get(item.direction, 0) + len(item.text)
     if not weight:
@@ -265,13 +271,23 @@ def _order_blocks(blocks: list[list[_Line]], right_to_left: bool) -> list[list[_
     return sorted(blocks, key=lambda b: (_bounds(b)[1], -_bounds(b)[2] if right_to_left else _bounds(b)[0]))
 
 
-def layout_page(items: Sequence[TextBox], width: float, height: float, rotation: int = 0) -> PageLayout:
-    """Order `items` for reading once the page is turned `rotation` degrees clockwise."""
+def layout_page(
+    items: Sequence[TextBox], width: float, height: float, rotation: int = 0, vertical: bool | None = None
+) -> PageLayout:
+    """Order `items` for reading once the page is turned `rotation` degrees clockwise.
+
+    `vertical` says whether the page is set in columns (blocks then go right to left, and boxes without a
+    direction of their own are columns); by default the upright page's dominant direction decides.
+    """
     upright = [rotate_quad(item.box, rotation, width, height) for item in items]
     directions = [None if i.direction is None else rotate_direction(i.direction, rotation) for i in items]
-    page_vertical = dominant_direction(
-        [TextBox(i.text, q, i.confidence, d) for i, q, d in zip(items, upright, directions, strict=True)]
-    ) in ("ttb", "btt")
+    page_vertical = vertical
+    if page_vertical is None:
+        turned = zip(items, upright, directions, strict=True)
+        page_vertical = dominant_direction([TextBox(i.text, q, i.confidence, d) for i, q, d in turned]) in (
+            "ttb",
+            "btt",
+        )
     placed = []
     for index, (quad, direction) in enumerate(zip(upright, directions, strict=True)):
         xs = [p[0] for p in quad]

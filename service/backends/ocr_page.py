@@ -12,8 +12,13 @@ lines degraded by size (12–20 px), contrast, blur and noise (576 lines, 429 re
 wrongly scored under 0.95 (35 under 0.93), against 11 of the 390 lines read correctly (2 under 0.93); the
 two wrong lines above 0.95 were 國 read as 国 and a dropped "-7" at 0.945. A line's lowest character
 probability separated no better. Since a flagged number costs a reviewer a glance and a silently wrong one
-costs the archive its trust, the threshold is 0.95; on clean rendered pages no line scored under it in the
-benchmark corpus (see BENCHMARKS.md).
+costs the archive its trust, the threshold is 0.95 (BENCHMARKS.md has the flag rates at 0.90–0.97 on the
+benchmark corpus).
+
+Dropped lines: RapidOCR leaves out what it recognised with a score under its floor (0.5). On the benchmark's
+unruled score tables those were exactly the cells that came out empty although a score was printed there
+("84", twice), so such boxes are kept in `dropped` (block and row -1, not in the text) and mark the page
+`needs_review` too: an empty cell that should hold a number must not pass silently.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ class OcrPage:
     vertical: bool = False
     reads: int = 1
     review_threshold: float = REVIEW_CONFIDENCE
+    dropped: tuple[OcrLine, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able form for `Answer.extra["ocr_pages"]`, sidecars and `service.alto`."""
@@ -85,6 +91,7 @@ class OcrPage:
             "vertical": self.vertical,
             "reads": self.reads,
             "lines": [line.to_dict() for line in self.lines],
+            "dropped": [line.to_dict() for line in self.dropped],
             "tables": [[list(row) for row in table] for table in self.tables],
         }
 

@@ -46,7 +46,7 @@ class RawRead:
     boxes: list[TextBox] = field(default_factory=list)
     strips: list[Any] = field(default_factory=list)  # the crop each line was recognised from (BGR array)
     detected: int = 0  # boxes the detector found
-    dropped: int = 0  # recognised text under RapidOCR's `text_score` floor, left out
+    dropped: list[TextBox] = field(default_factory=list)  # read under RapidOCR's `text_score` floor
 
     @property
     def weight(self) -> float:
@@ -81,12 +81,13 @@ def recognise(engine: Any, image: Image.Image) -> RawRead:
     ):
         if not text.strip():
             continue
-        if score < engine.text_score:
-            read.dropped += 1
-            continue
         quad = as_quad(box)
         flipped = "180" in str(label) and float(label_score) > threshold  # what RapidOCR itself turned
-        read.boxes.append(TextBox(text, quad, float(score), box_direction(quad, flipped)))
+        line = TextBox(text, quad, float(score), box_direction(quad, flipped))
+        if score < engine.text_score:
+            read.dropped.append(line)
+            continue
+        read.boxes.append(line)
         read.strips.append(strip)
     return read
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# A box "straddles" a second column when more than this share of its width lies over it.
+# A box "straddles" columns when it covers more than this share of two of them (of the box's own width
+# where the box is the narrower).
 STRADDLE_SHARE = 0.3
 # Two rows with two or more boxes make a table; one such row is a form line ("姓名：… 日期：…").
 MIN_TABLE_ROWS = 2
@@ -71,10 +72,12 @@ def _place(
     cells: list[list[str]] = [[] for _ in columns]
     where: list[int] = []
     for x0, x1, text in row:
-        width = max(x1 - x0, 1e-6)
-        shares = [max(0.0, min(x1, c1) - max(x0, c0)) / width for c0, c1 in columns]
-        best = max(range(len(columns)), key=lambda i: shares[i])
-        if shares[best] <= 0 or sum(1 for s in shares if s > STRADDLE_SHARE) > 1:
+        overlaps = [max(0.0, min(x1, c1) - max(x0, c0)) for c0, c1 in columns]
+        best = max(range(len(columns)), key=lambda i: overlaps[i])
+        # Measured against the narrower of box and column: a wide note covering two narrow columns
+        # straddles, a cell whose padded box grazes the next column does not.
+        shares = [o / max(min(x1 - x0, c1 - c0), 1e-6) for o, (c0, c1) in zip(overlaps, columns, strict=True)]
+        if overlaps[best] <= 0 or sum(1 for s in shares if s > STRADDLE_SHARE) > 1:
             return None
         cells[best].append(text)
         where.append(best)
