@@ -10,6 +10,16 @@ RapidOCR 3.x ships its small PP-OCRv6 detection/recognition models and a directi
 wheel, and its default configuration uses exactly these, so nothing is fetched at run time. It needs
 onnxruntime installed beside it.
 
+Reading (`OcrEngine.read_page` → `OcrPage`, see `ocr_page`): RapidOCR reads each line right in any
+orientation but returns no usable order, so the order is rebuilt from the boxes (`ocr_layout`): vertical
+columns right to left, horizontal lines top to bottom, each block of a mixed page in turn, tables as rows of
+cells (`ocr_tables`; tab-separated in `text`, Markdown in `markdown`, which is the answer for a table page).
+A page found turned is read a second time turned upright only when the first read was not clean (see
+`RETRY_MIN_LINES`); an upright horizontal page is read once, with no probe and no second read. Every line
+keeps its box (in the image as given) and confidence, and low-confidence or dropped lines mark the page
+`needs_review`. `Answer.extra["ocr_pages"]` carries `OcrPage.to_dict()` per image for sidecars, ALTO
+(`service.alto`) and the review page.
+
 Usage counts: there is no prompt, so `prompt_tokens` is 0; `completion_tokens` is the number of *characters*
 of the answer text, since OCR has no tokens and characters are the closest honest measure. A request's
 `max_tokens` (an API client's, `Request.requested_max_tokens`) is honoured the same way: the text is cut at
