@@ -79,7 +79,10 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
     ),
     "ocr_no_text_page": ("（此页没有识别到文字）", "(no text found on this page)"),
     # OCR review flags (service/backends/ocr_page.py): for the history, review page and sidecar readers.
-    "ocr_needs_review": ("部分文字识别把握不大，请人工核对", "Some text was read with low confidence; please check it"),
+    "ocr_needs_review": (
+        "部分文字识别把握不大，请人工核对",
+        "Some text was read with low confidence; please check it",
+    ),
     "ocr_rotated": ("扫描件旋转 {degrees}° 后识别", "Read with the scan turned {degrees}° clockwise"),
     "page_label": ("第 {n} 页", "page {n}"),
     "interrupted": ("服务停止时任务未完成，已重新排队", "job interrupted by shutdown and re-queued"),

@@ -281,38 +281,35 @@ def layout_page(
     """
     upright = [rotate_quad(item.box, rotation, width, height) for item in items]
     directions = [None if i.direction is None else rotate_direction(i.direction, rotation) for i in items]
-    page_vertical = vertical
-    if page_vertical is None:
-        turned = zip(items, upright, directions, strict=True)
-        page_vertical = dominant_direction([TextBox(i.text, q, i.confidence, d) for i, q, d in turned]) in (
-            "ttb",
-            "btt",
-        )
+    if vertical is None:
+        turned = [
+            TextBox(i.text, q, i.confidence, d) for i, q, d in zip(items, upright, directions, strict=True)
+        ]
+        vertical = dominant_direction(turned) in ("ttb", "btt")
     placed = []
     for index, (quad, direction) in enumerate(zip(upright, directions, strict=True)):
         xs = [p[0] for p in quad]
         ys = [p[1] for p in quad]
-        vertical = page_vertical if direction is None else direction in ("ttb", "btt")
-        placed.append(_Placed(index, min(xs), min(ys), max(xs), max(ys), vertical))
+        columnar = vertical if direction is None else direction in ("ttb", "btt")
+        placed.append(_Placed(index, min(xs), min(ys), max(xs), max(ys), columnar))
 
     blocks: list[list[_Line]] = []
-    for vertical in (False, True):
-        lines = _group_lines([p for p in placed if p.vertical == vertical], vertical)
-        blocks.extend(_group_blocks(lines, vertical))
+    for columnar in (False, True):
+        lines = _group_lines([p for p in placed if p.vertical == columnar], columnar)
+        blocks.extend(_group_blocks(lines, columnar))
 
     out: list[Block] = []
     tables: list[tuple[tuple[str, ...], ...]] = []
-    for block in _order_blocks(blocks, right_to_left=page_vertical):
-        vertical = block[0].vertical
+    for block in _order_blocks(blocks, right_to_left=vertical):
         rows = [Row(tuple(m.index for m in line.members)) for line in block]
-        if not vertical:
+        if not block[0].vertical:
             spans = [[(m.x0, m.x1, items[m.index].text) for m in line.members] for line in block]
             for table in find_tables(spans):
                 number = len(tables)
                 tables.append(tuple(table.cells[r] for r in range(table.first, table.last + 1)))
                 for r in range(table.first, table.last + 1):
                     rows[r] = Row(rows[r].boxes, table.cells[r], table.columns[r], number)
-        out.append(Block(vertical, tuple(rows)))
+        out.append(Block(block[0].vertical, tuple(rows)))
     return PageLayout(tuple(out), tuple(tables))
 
 
