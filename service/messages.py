@@ -128,6 +128,12 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
         "No text was found in this image.",
     ),
     "ocr_no_text_page": ("（此页没有识别到文字）", "(no text found on this page)"),
+    # OCR review flags (service/backends/ocr_page.py): for the history, review page and sidecar readers.
+    "ocr_needs_review": (
+        "部分文字识别把握不大，请人工核对",
+        "Some text was read with low confidence; please check it",
+    ),
+    "ocr_rotated": ("扫描件旋转 {degrees}° 后识别", "Read with the scan turned {degrees}° clockwise"),
     "page_label": ("第 {n} 页", "page {n}"),
     # Storage (the database): transient faults while running, and what stops a start
     "storage_disk_full": (
