@@ -142,8 +142,9 @@ class FeedConfig(Strict):
     """`[feed]`: the live display page at /feed."""
 
     title: str = "最新解读"
-    # Only folder scans by default: a hall screen should not show visitors' own photos unless asked to.
-    sources: list[str] = Field(default_factory=lambda: ["watch"])
+    # Private by default: nothing appears on a hall screen until it is named here. `watches` names the
+    # folders whose scans may be shown; `sources` the other sources (kiosk, web, api, chats) that may.
+    sources: list[str] = Field(default_factory=list)
     watches: list[str] = Field(default_factory=list)
     limit: int = Field(12, ge=1, le=200)
 

@@ -160,7 +160,7 @@ def test_newly_done_jobs_are_pushed_live_and_filtered(
 
 
 def test_a_corrected_answer_is_sent_again_with_the_correction(feed_service: Any) -> None:
-    with feed_service() as svc:
+    with feed_service(watches=["inbox"]) as svc:
         job = add_done_job(svc.app.store, "watch", "一只猫", source_ref="inbox")
         with httpx.Client(timeout=10) as client, client.stream("GET", svc.base_url + "/api/feed/events") as r:
             stream = Sse(r)
@@ -211,9 +211,9 @@ def test_server_shutdown_ends_open_streams_at_once(feed_service: Any) -> None:
 
 
 def test_a_slow_client_loses_its_oldest_items_without_blocking_the_worker() -> None:
-    hub = feed.FeedHub(FeedConfig(), bound=3)
+    hub = feed.FeedHub(FeedConfig(watches=["hall"]), bound=3)
     jobs = [
-        Job(id=n, source="watch", source_ref="", status=JobStatus.DONE, question="q", answer=str(n))
+        Job(id=n, source="watch", source_ref="hall", status=JobStatus.DONE, question="q", answer=str(n))
         for n in range(10)
     ]
 
@@ -247,7 +247,7 @@ def test_thumbnails_only_for_jobs_the_feed_shows(
     feed_service: Any, scan_file: Callable[[str, list[str]], Path]
 ) -> None:
     auth = Auth(KEY)
-    with feed_service(key=KEY, sources=["watch"]) as svc, httpx.Client(base_url=svc.base_url) as client:
+    with feed_service(key=KEY, watches=["inbox"]) as svc, httpx.Client(base_url=svc.base_url) as client:
         shown = add_done_job(
             svc.app.store, "watch", "a", source_ref="inbox", image=scan_file("a.jpg", ["展品"])
         )
@@ -324,3 +324,28 @@ def test_pages_carry_a_strict_content_security_policy(feed_service: Any) -> None
         assert page.headers["referrer-policy"] == "no-referrer"
     assert script.headers["content-type"].startswith("text/javascript")
     assert [r.status_code for r in escapes] == [404, 404, 404]
+
+
+def test_the_feed_is_private_by_default(feed_service: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(feed, "KEEPALIVE_SECONDS", 0.3)
+    with feed_service() as svc, httpx.Client(base_url=svc.base_url, timeout=10) as client:
+        add_done_job(svc.app.store, "watch", "病历第三页", source_ref="inbox")
+        add_done_job(svc.app.store, "kiosk", "游客的照片")
+        add_done_job(svc.app.store, "web", "员工的提问")
+        with client.stream("GET", "/api/feed/events") as response:
+            events = Sse(response)
+            name, data = events.next(comments=True)
+    assert (name, data) == ("comment", "keep-alive")  # no item at all: nothing was opted into
+
+
+def test_naming_a_watch_shows_that_folder_only(feed_service: Any) -> None:
+    with (
+        feed_service(watches=["exhibition"]) as svc,
+        httpx.Client(base_url=svc.base_url, timeout=30) as client,
+    ):
+        add_done_job(svc.app.store, "watch", "展厅说明", source_ref="exhibition")
+        add_done_job(svc.app.store, "watch", "档案室病历", source_ref="records")
+        add_done_job(svc.app.store, "kiosk", "游客的照片")
+        with client.stream("GET", "/api/feed/events") as response:
+            (item,) = Sse(response).items(1)
+    assert item["answer"] == "展厅说明"

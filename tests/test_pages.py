@@ -303,7 +303,7 @@ def test_kiosk_presets_follow_ups_and_idle_reset(live: Any, watched: Watched) ->
 
 
 def test_feed_shows_a_new_folder_job_without_reloading(live: Any, watched: Watched, tmp_path: Path) -> None:
-    with live(feed={"sources": ["watch"], "title": "新到展品"}) as svc:
+    with live(feed={"watches": [str(tmp_path / "inbox")], "title": "新到展品"}) as svc:
         page = open_page(watched, svc.base_url + "/feed")
         expect(page.locator("#title")).to_have_text("新到展品")
         expect(page.locator("#status")).to_have_class(re.compile("live"))

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
-from sqlalchemy import ColumnElement, and_, or_, select, true
+from sqlalchemy import ColumnElement, and_, false, or_, select
 
 from db.models import Job, JobStatus, ReviewStatus
 from service.config import FeedConfig
@@ -89,25 +89,25 @@ class FeedHub:
     def matches(self, job: Job) -> bool:
         """Whether a done job belongs on the feed under `[feed] sources` and `watches`.
 
-        Naming watches implies the folder source: `sources = ["kiosk"]` with `watches = ["hall"]` shows the
-        kiosk and that one folder.
+        Private by default: a folder's scans appear only when the folder is named in `[feed] watches`
+        (archive scans are often restricted, and a hall screen must be opted into, folder by folder).
+        Other sources appear when `[feed] sources` lists them.
         """
         if job.status != JobStatus.DONE:
             return False
-        if job.source == "watch" and self.config.watches:
+        if job.source == "watch":
             return job.source_ref in self.config.watches
-        return not self.config.sources or job.source in self.config.sources
+        return job.source in self.config.sources
 
     def condition(self) -> ColumnElement[bool]:
         """`matches` as a SQL condition, for the items sent on connect."""
-        sources, watches = self.config.sources, self.config.watches
-        source_ok: ColumnElement[bool] = Job.source.in_(sources) if sources else true()
-        if watches:
-            source_ok = or_(
-                and_(Job.source == "watch", Job.source_ref.in_(watches)),
-                and_(Job.source != "watch", source_ok),
-            )
-        return and_(Job.status == JobStatus.DONE, source_ok)
+        sources = [s for s in self.config.sources if s != "watch"]
+        watches = list(self.config.watches)
+        shown = or_(
+            and_(Job.source == "watch", Job.source_ref.in_(watches)) if watches else false(),
+            Job.source.in_(sources) if sources else false(),
+        )
+        return and_(Job.status == JobStatus.DONE, shown)
 
     # -- clients ---------------------------------------------------------------------------------
 
