@@ -23,6 +23,7 @@ from service.messages import msg
 from service.nodes import NodeHeartbeat, requeue_orphans
 from service.queue import JobQueue
 from service.registry import build_sources
+from service.retention import RetentionSweeper
 from service.sources import Notifier, Source, collect_notifiers
 from service.storage import open_store
 from service.supervisor import ComponentStatus
@@ -65,6 +66,11 @@ class App:
             else None
         )
         self.sources: list[Source] = build_sources(config, self.queue) if with_sources else []
+        self.retention = (
+            RetentionSweeper(config.storage.data_dir, config.storage.keep_uploads_days)
+            if with_sources
+            else None
+        )
         self._started: list[Source] = []
         # Sources that need HTTP routes (a WeCom callback, a Telegram webhook) add FastAPI routers here
         # when they are built; the HTTP app includes them. Dependencies still point inward.
@@ -93,6 +99,8 @@ class App:
                 log.exception("source %s failed to start; the rest of the service runs on", source.name)
         if self.with_reports and self.config.report:
             self._start_reports()
+        if self.retention is not None:
+            self.retention.start()
 
     def _start_reports(self) -> None:
         # Imported here: report rendering pulls in matplotlib, which a service without reports never needs.
@@ -109,6 +117,8 @@ class App:
     def stop(self) -> None:
         """The one stop path."""
         self.queue.accepting = False
+        if self.retention is not None:
+            self.retention.stop()
         if self.reports is not None:
             try:
                 self.reports.stop()

@@ -100,6 +100,9 @@ class StorageConfig(Strict):
     """`[storage]`: where the database, uploads and reports live."""
 
     data_dir: Path = Path("data")
+    # Photos visitors and staff send (kiosk, web, API, chats) are deleted after this many days, thumbnails
+    # too; the history's text stays. 0 keeps them.
+    keep_uploads_days: float = Field(30.0, ge=0)
 
 
 class HttpConfig(Strict):
