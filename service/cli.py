@@ -116,6 +116,16 @@ def _check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_config_error(exc)
         return 1
+    from service.checks import environment_problems
+
+    problems, notes = environment_problems(config)
+    for note in notes:
+        print(f"  {note}")
+    if problems:
+        print(str(msg("check_problems")), file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
     print(str(msg("config_ok", path=args.config or "(resolved)")))
     print(f"  backend={config.model.backend} data_dir={config.storage.data_dir} watches={len(config.watch)}")
     return 0

@@ -275,6 +275,35 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
     "config_invalid": ("配置文件有误：{path}", "invalid configuration: {path}"),
     "config_missing": ("找不到配置文件：{path}", "configuration file not found: {path}"),
     "config_toml": ("配置文件不是合法的 TOML：{reason}", "configuration is not valid TOML: {reason}"),
+    "check_data_dir": (
+        "数据文件夹 {path} 无法写入（或无法创建）。请创建它并让运行 tuwen 的用户可写，或修改 [storage] data_dir",
+        "the data folder {path} cannot be written (or created). Create it, make it writable by the user tuwen runs as, or change [storage] data_dir",
+    ),
+    "check_watch_missing": (
+        "监视文件夹 {name} 不存在：{path}。请创建它（或挂载共享盘），否则 /health 会一直报告异常",
+        "watched folder {name} does not exist: {path}. Create it (or mount the share); until then /health reports it as down",
+    ),
+    "check_watch_unreadable": (
+        "监视文件夹 {name} 无法读取：{path}。请让运行 tuwen 的用户可以读取它",
+        "watched folder {name} cannot be read: {path}. Let the user tuwen runs as read it",
+    ),
+    "check_watch_unwritable": (
+        "监视文件夹 {name} 的附属文件无法写入（{where}）：{path}。请让运行 tuwen 的用户可写，或设置 [[watch]] output_dir",
+        "sidecars of watched folder {name} cannot be written ({where}): {path}. Make it writable by the user tuwen runs as, or set [[watch]] output_dir",
+    ),
+    "check_gpu_extra_missing": (
+        "[model] backend = \"transformers\" 需要 GPU 组件：pip install 'tuwen[gpu]'（源码目录中：.venv/bin/pip install -e '.[gpu]'），并先按 README 安装与显卡驱动匹配的 PyTorch",
+        "[model] backend = \"transformers\" needs the GPU extra: pip install 'tuwen[gpu]' (from a checkout: .venv/bin/pip install -e '.[gpu]'), after installing the PyTorch build that matches your driver (README)",
+    ),
+    "check_model_missing": (
+        "模型文件夹不存在或不完整（缺少 config.json）：{path}。请用 hf download 下载模型到该文件夹，或修改 [model] path",
+        "the model folder is missing or incomplete (no config.json): {path}. Download the model there with hf download, or change [model] path",
+    ),
+    "check_model_download": (
+        "提示：[model] path = {model} 是模型名，首次启动时会从网络下载约 21 GB；无法联网的机器请先下载到本地文件夹（见 README）",
+        "note: [model] path = {model} is a hub id: about 21 GB are downloaded at first start; machines without internet need a local folder (see README)",
+    ),
+    "check_problems": ("配置文件本身有效，但在这台机器上有问题：", "the file is valid, but on this machine:"),
     "config_ok": ("配置有效：{path}", "configuration is valid: {path}"),
     # CLI
     "cli_no_images": ("文件夹中没有可处理的文件：{path}", "no files to process in {path}"),

@@ -103,9 +103,52 @@ def test_check_config_command_exit_codes(tmp_path: Path) -> None:
     assert failed.returncode == 1
     assert "model.backend: 'gpt-9' is not one of ocr, transformers, openai" in failed.stderr
     assert "配置文件有误" in failed.stderr
-    good = subprocess.run([*run, str(EXAMPLE)], capture_output=True, text=True, cwd=REPO)
+    copy = tmp_path / "config.toml"
+    copy.write_text(EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "inbox").mkdir()
+    good = subprocess.run([*run, str(copy)], capture_output=True, text=True, cwd=REPO)
     assert good.returncode == 0, good.stderr
     assert "配置有效" in good.stdout
+
+
+@pytest.mark.parametrize("problem", ["watch-missing", "watch-read-only", "data-dir", "model-missing"])
+def test_check_config_checks_the_machine_too(tmp_path: Path, problem: str) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    lines = ['[storage]\ndata_dir = "data"', "[[watch]]\npath = \"inbox\""]
+    expected = {
+        "watch-missing": "does not exist",
+        "watch-read-only": "cannot be written",
+        "data-dir": "the data folder",
+        "model-missing": "no config.json",
+    }[problem]
+    if problem == "watch-missing":
+        inbox.rmdir()
+    if problem == "watch-read-only":
+        shares = tmp_path / "share-ro"
+        shares.mkdir()
+        if subprocess.run(["mount", "--bind", str(inbox), str(shares)], capture_output=True).returncode:
+            pytest.skip("cannot bind-mount here")
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(shares)], capture_output=True)
+        lines[1] = '[[watch]]\npath = "share-ro"\nname = "inbox"'
+    if problem == "data-dir":
+        (tmp_path / "data").write_text("a file, not a folder", encoding="utf-8")
+    if problem == "model-missing":
+        lines.append('[model]\nbackend = "transformers"\npath = "/srv/models/not-downloaded-yet"')
+    config = tmp_path / "config.toml"
+    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "service.cli", "check-config", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        )
+    finally:
+        if problem == "watch-read-only":
+            subprocess.run(["umount", "-l", str(tmp_path / "share-ro")], capture_output=True)
+    assert result.returncode == 1
+    assert expected in result.stderr and "配置有效" not in result.stdout
 
 
 def test_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
