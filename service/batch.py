@@ -107,8 +107,9 @@ def run_batch(
         status = 1
     except KeyboardInterrupt:
         progress.close()
-        done_now = sum(1 for job in finished.values() if job.status == JobStatus.DONE)
-        print(str(msg("cli_batch_interrupted", done=done_now, total=len(uids))), file=sys.stderr)
+        # What the database says now: a running service may have finished more than we had seen.
+        done_now = sum(1 for job in run.store.jobs_by_uids(uids) if job.status == JobStatus.DONE)
+        print(f"\n{msg('cli_batch_interrupted', done=done_now, total=len(uids))}", file=sys.stderr)
         return 130
     finally:
         progress.close()
