@@ -48,7 +48,7 @@ def _model_problems(model_path: str) -> tuple[list[Message], list[Message]]:
     problems: list[Message] = []
     notes: list[Message] = []
     if importlib.util.find_spec("transformers") is None or importlib.util.find_spec("torch") is None:
-        problems.append(msg("check_gpu_extra_missing"))
+        problems.append(msg("gpu_extra_missing"))
     local = Path(model_path).expanduser()
     looks_local = model_path.startswith(("/", ".", "~")) or local.exists()
     if looks_local:

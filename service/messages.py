@@ -291,7 +291,7 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
         "监视文件夹 {name} 的附属文件无法写入（{where}）：{path}。请让运行 tuwen 的用户可写，或设置 [[watch]] output_dir",
         "sidecars of watched folder {name} cannot be written ({where}): {path}. Make it writable by the user tuwen runs as, or set [[watch]] output_dir",
     ),
-    "check_gpu_extra_missing": (
+    "gpu_extra_missing": (
         "[model] backend = \"transformers\" 需要 GPU 组件：pip install 'tuwen[gpu]'（源码目录中：.venv/bin/pip install -e '.[gpu]'），并先按 README 安装与显卡驱动匹配的 PyTorch",
         "[model] backend = \"transformers\" needs the GPU extra: pip install 'tuwen[gpu]' (from a checkout: .venv/bin/pip install -e '.[gpu]'), after installing the PyTorch build that matches your driver (README)",
     ),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import importlib.util
 import logging
 import re
 import threading
@@ -163,6 +164,9 @@ class TransformersBackend:
 
     def load(self) -> None:
         """Load weights and processor (offline for a local folder), then warm up when configured."""
+        if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
+            # The default install is the embedded OCR stack only: say exactly what to install.
+            raise PermanentError(msg("gpu_extra_missing"))
         import torch
 
         started = time.monotonic()
