@@ -604,6 +604,11 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
     "ui_status_queued": ("排队中", "queued"),
     "ui_status_running": ("处理中", "running"),
     "ui_status_failed": ("失败", "failed"),
+    "ui_badge_ocr": ("仅文字识别", "text only (OCR)"),
+    "ui_badge_ocr_hint": (
+        "没有视觉语言模型在回答：这是从图中识别出的文字，问题本身没有被回答",
+        "no vision-language model answered: this is the text read from the image; the question itself was not answered",
+    ),
     "ui_review_unreviewed": ("未审核", "not reviewed"),
     "ui_review_correct": ("正确", "correct"),
     "ui_review_corrected": ("已更正", "corrected"),

@@ -204,6 +204,14 @@ def test_ocr_reads_a_chinese_scan_streaming_and_not(ocr: LiveService, scan_bytes
     assert "图问档案馆" in (plain.choices[0].message.content or "") and "一九五六年" in text
     assert text == job_of(ocr, streamed[0].id).answer
     assert plain.choices[0].finish_reason == "stop"
+    # No banner in the text; what kind of answer it is travels beside it.
+    assert (plain.model_extra or {})["answer_kind"] == "ocr"
+    (final,) = [c for c in streamed if c.choices and c.choices[0].finish_reason]
+    assert (final.model_extra or {})["answer_kind"] == "ocr"
+    limited = client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=4)
+    assert limited.choices[0].finish_reason == "length"
+    assert limited.choices[0].message.content == (plain.choices[0].message.content or "")[:4]
+    assert limited.usage is not None and limited.usage.completion_tokens == 4
 
 
 @pytest.mark.parametrize(

@@ -145,6 +145,9 @@ def test_ask_streams_the_answer_and_follow_ups_stay_in_the_conversation(live: An
         page = open_page(watched, svc.base_url + "/")
         ask_on_web(page, ["青铜器档案", "Bronze 1930"], "这张图上写了什么？")
         expect(page.locator(".bubble.assistant .text").last).to_contain_text("青铜器档案")
+        # The OCR backend answers no question: a small badge says so, and the text carries no banner.
+        expect(page.locator(".bubble.assistant .badge.ocr").last).to_have_text("仅文字识别")
+        assert "OCR" not in page.locator(".bubble.assistant .text").last.inner_text()
         page.fill("#question", "再说一遍？")
         page.keyboard.press("Enter")
         expect(page.locator(".bubble.assistant")).to_have_count(2)
@@ -227,6 +230,7 @@ def test_history_search_export_and_review(live: Any, watched: Watched) -> None:
         expect(page.locator("#history-rows tr")).to_have_count(1)
         row = page.locator("#history-rows tr").first
         expect(row).to_contain_text("民国地契一份")
+        expect(row.locator(".badge.ocr")).to_have_text("仅文字识别")
         expect(row.locator("img.thumb")).to_have_js_property("complete", True)
         assert row.locator("img.thumb").evaluate("img => img.naturalWidth") > 0
         screenshot(page, "history")

@@ -272,6 +272,8 @@ def completion_body(job: Job, model_name: str, created: int, max_new_tokens: int
         "choices": [choice],
         "usage": usage_of(job),
         "model_version": job.model_version,
+        # "ocr": the text read from the image (the question was not answered); "model": a model's answer.
+        "answer_kind": job.answer_kind,
     }
 
 

@@ -187,6 +187,7 @@ def feed_item(job: Job) -> dict[str, Any]:
         "file_name": os.path.basename(job.file_path) if job.file_path else None,
         "question": job.question,
         "answer": job.correction if corrected else job.answer,
+        "answer_kind": None if corrected else job.answer_kind,
         "thumbnail_url": f"/api/feed/thumbnail/{job.id}",
     }
 

@@ -97,6 +97,7 @@ def job_summary(job: Job) -> dict[str, Any]:
         "file_path": job.file_path,
         "question": job.question,
         "answer": job.answer,
+        "answer_kind": job.answer_kind,
         "ocr_text": job.ocr_text,
         "error": job.error,
         "review_status": job.review_status or ReviewStatus.UNREVIEWED,

@@ -299,7 +299,7 @@ class ChatApi:
         elif answer != streamed:
             log.warning("[job %s] streamed text differs from the recorded answer", job.uid[:8])
         finish = finish_reason(finished, self._max_new_tokens(chat))
-        yield event(delta({}, finish), model_version=finished.model_version)
+        yield event(delta({}, finish), model_version=finished.model_version, answer_kind=finished.answer_kind)
         if with_usage:
             yield sse({**head, "choices": [], "usage": usage_of(finished)})
         yield sse("[DONE]")

@@ -1,8 +1,8 @@
 // The web UI at /: ask about an image (streamed answers, follow-ups), browse and export the history, and
 // review answers. Server data goes into the page as text only (see common.js).
 import {
-  applyI18n, csrfToken, el, fetchJson, formatTime, imageDataUrl, loadI18n, newId, setupLangSwitch,
-  sourceLabel, streamChat, t,
+  applyI18n, csrfToken, el, fetchJson, formatTime, imageDataUrl, kindBadge, loadI18n, newId,
+  setupLangSwitch, sourceLabel, streamChat, t,
 } from "./common.js";
 
 const $ = (id) => document.getElementById(id);
@@ -131,6 +131,10 @@ async function sendQuestion(event) {
         answer.querySelector(".text").textContent = sofar;
         answer.scrollIntoView({ block: "end" });
       },
+      onKind: (kind) => {
+        const badge = kindBadge(kind);
+        if (badge) answer.querySelector(".who").after(badge);
+      },
     });
     if (controller === ask.controller) ask.messages = [...outgoing, { role: "assistant", content: text }];
   } catch (err) {
@@ -229,6 +233,7 @@ function answerCell(job) {
   return el(
     "td",
     {},
+    kindBadge(job.answer_kind),
     el("div", { class: "clamp answer", text: job.answer ?? "" }),
     job.correction
       ? el("div", { class: "correction", text: t("ui_review_correction", { text: job.correction }) })
@@ -339,7 +344,7 @@ function reviewCard(job) {
     el(
       "div",
       { class: "review-body" },
-      el("p", { class: "muted small" }, when, " ", badge),
+      el("p", { class: "muted small" }, when, " ", badge, " ", kindBadge(job.answer_kind)),
       el("p", { class: "question", text: job.question ?? "" }),
       el("div", { class: "answer", text: job.answer ?? "" }),
       correction,

@@ -177,7 +177,7 @@ export async function imageDataUrl(file) {
  * Calls onText(fullTextSoFar) as pieces arrive; resolves with the whole answer; throws an Error whose
  * message is ready to show (AbortError passes through when `signal` aborts).
  */
-export async function streamChat({ messages, source, conversation, token, signal, onText }) {
+export async function streamChat({ messages, source, conversation, token, signal, onText, onKind }) {
   const headers = {
     "Content-Type": "application/json",
     "X-Tuwen-Source": source,
@@ -213,6 +213,7 @@ export async function streamChat({ messages, source, conversation, token, signal
       return; // not ours to understand; the stream goes on
     }
     if (chunk.error) throw new Error(String(chunk.error.message ?? t("ui_error_interrupted")));
+    if (typeof chunk.answer_kind === "string") onKind?.(chunk.answer_kind);
     const piece = chunk.choices?.[0]?.delta?.content;
     if (typeof piece === "string" && piece) {
       text += piece;
@@ -276,4 +277,12 @@ export function formatTime(iso) {
   const date = new Date(iso);
   if (Number.isNaN(date.getTime())) return String(iso);
   return date.toLocaleString(lang === "zh" ? "zh-CN" : "en-GB", { dateStyle: "medium", timeStyle: "short" });
+}
+
+/** The small 「仅文字识别」 badge for an answer that is OCR text, not a model's answer (else null). */
+export function kindBadge(kind) {
+  if (kind !== "ocr") return null;
+  const badge = el("span", { class: "badge ocr", text: t("ui_badge_ocr") });
+  badge.title = t("ui_badge_ocr_hint");
+  return badge;
 }

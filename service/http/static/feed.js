@@ -1,6 +1,6 @@
 // The hall screen: the newest answered items, arriving live over server-sent events (/api/feed/events).
 // No interaction; it reconnects by itself (EventSource) and shows when it is offline.
-import { el, fetchJson, formatTime, loadI18n, sourceLabel, t, urlToken } from "./common.js";
+import { el, fetchJson, formatTime, kindBadge, loadI18n, sourceLabel, t, urlToken } from "./common.js";
 
 const $ = (id) => document.getElementById(id);
 const token = urlToken();
@@ -28,7 +28,7 @@ function card(item) {
         el("span", { class: "name", text: item.file_name || sourceLabel(item.source) }),
         el("time", { text: shortTime(item.finished_at || item.created_at) }),
       ),
-      el("p", { class: "question", text: item.question ?? "" }),
+      el("p", { class: "question", text: item.question ?? "" }, " ", kindBadge(item.answer_kind)),
       el("p", { class: "answer", text: item.answer ?? "" }),
     ),
   );

@@ -1,8 +1,8 @@
 // The museum kiosk: photograph an exhibit, tap a preset question or type one, ask follow-ups about the same
 // photo, and after a quiet spell forget everything so the next visitor sees nothing of the last one.
 import {
-  defaultLang, el, fetchJson, imageDataUrl, loadI18n, newId, setLang, setupLangSwitch, streamChat, t,
-  urlToken,
+  defaultLang, el, fetchJson, imageDataUrl, kindBadge, loadI18n, newId, setLang, setupLangSwitch,
+  streamChat, t, urlToken,
 } from "./common.js";
 
 const $ = (id) => document.getElementById(id);
@@ -110,6 +110,10 @@ async function ask(question) {
       signal: controller.signal,
       onText: (sofar) => {
         answer.textContent = sofar;
+      },
+      onKind: (kind) => {
+        const badge = kindBadge(kind);
+        if (badge) card.querySelector(".q").append(" ", badge);
       },
     });
     current.messages = [...outgoing, { role: "assistant", content: text }];
