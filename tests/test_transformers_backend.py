@@ -372,3 +372,31 @@ def test_transparency_is_flattened_onto_white(backend: TransformersBackend) -> N
     white = Image.new("RGB", (64, 64), "white")
     black = Image.new("RGB", (64, 64), "black")
     assert backend.answer(ask(clear)) == backend.answer(ask(white)) != backend.answer(ask(black))
+
+
+def test_without_the_gpu_extra_the_backend_names_the_install_command(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # The default install has no torch; this machine's test venv does, so its absence is simulated at the
+    # one place the backend looks.
+    import importlib.util
+
+    from service.backends.transformers_backend import TransformersBackend
+    from service.checks import environment_problems
+    from service.config import Config, ModelConfig, StorageConfig
+    from service.errors import PermanentError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("torch", "transformers") else real(name, *a),
+    )
+    config = Config(
+        model=ModelConfig(backend="transformers", path=str(tmp_path)),
+        storage=StorageConfig(data_dir=tmp_path),
+    )
+    with pytest.raises(PermanentError) as refused:
+        TransformersBackend(config).load()
+    assert refused.value.code == "gpu_extra_missing"
+    assert "pip install" in refused.value.message.en and ".[gpu]" in refused.value.message.en
+    problems, _ = environment_problems(config)
+    assert any(problem.code == "gpu_extra_missing" for problem in problems)
