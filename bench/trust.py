@@ -1,4 +1,4 @@
-"""Trust checks measured on a real `tuwen serve`: touched scans stay one record, `tuwen ask` beside the service.
+"""Trust checks on a real `tuwen serve`: touched scans stay one record; `tuwen ask` beside the service.
 
     .venv/bin/python bench/trust.py [--scans 100]
 
