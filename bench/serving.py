@@ -58,7 +58,7 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 60.0) -> Non
 def wait_healthy(
     port: int, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 120.0
 ) -> float:
-    """Seconds until `/health` answered 200; SystemExit with the log's tail if the service dies or never does."""
+    """Seconds until `/health` answered 200; SystemExit with the log's tail if it dies or never gets there."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if process.poll() is not None:
