@@ -36,6 +36,7 @@ ITEM_KEYS = {
     "file_name",
     "question",
     "answer",
+    "answer_kind",
     "thumbnail_url",
 }
 
