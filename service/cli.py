@@ -60,7 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         "report": _report,
     }
     handler = handlers[args.command]
-    return int(handler(config, args))
+    try:
+        return int(handler(config, args))
+    except KeyboardInterrupt:
+        # Ctrl-C before a command had set up its own answer (while starting): one line, no traceback.
+        print(f"\n{msg('cli_interrupted')}", file=sys.stderr)
+        return 130
 
 
 def _parser() -> argparse.ArgumentParser:

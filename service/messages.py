@@ -328,6 +328,7 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
         "已中断：{total} 个文件中已完成 {done} 个。再次运行同一命令即可继续，已完成的不会重复处理",
         "interrupted: {done} of {total} files done. Run the same command again to go on; nothing done is repeated",
     ),
+    "cli_interrupted": ("已中断，未做任何更改", "interrupted; nothing was changed"),
     "cli_batch_summary": (
         "完成 {done}，失败 {failed}，共 {total}",
         "done {done}, failed {failed}, of {total}",

@@ -139,7 +139,7 @@ def test_a_job_summary_has_the_contract_fields(seeded: Seeded) -> None:
     item = seeded.client.get("/api/jobs", params={"q": "族谱"}).json()["items"][0]
     assert set(item) == {
         "id", "uid", "created_at", "finished_at", "source", "source_ref", "status", "file_name",
-        "file_path", "question", "answer", "ocr_text", "error", "review_status", "correction",
+        "file_path", "question", "answer", "answer_kind", "ocr_text", "error", "review_status", "correction",
         "conversation_id", "thumbnail_url", "model", "latency_ms",
     }  # fmt: skip
     assert item["file_name"] == "家谱_张氏.jpg" and item["source_ref"] == "archive"
@@ -233,7 +233,7 @@ def test_thumbnail_is_a_small_jpeg(seeded: Seeded) -> None:
 def test_no_thumbnail_when_the_image_is_gone_or_broken(seeded: Seeded, label: str) -> None:
     response = seeded.client.get(f"/api/jobs/{seeded.jobs[label].id}/thumbnail")
     assert response.status_code == 404
-    assert response.json()["error"]["type"] == "not_found_error"
+    assert response.json()["error"]["type"] == "invalid_request_error"
 
 
 @pytest.mark.parametrize("path", ["/api/jobs/999999", "/api/jobs/999999/thumbnail"])

@@ -150,7 +150,7 @@ def test_only_done_jobs_can_be_reviewed_and_unknown_ones_are_404(service, scan_b
     refused = review(client, failed["id"], "correct")
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "review_not_done"
     missing = review(client, 999_999, "correct")
-    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_stats_and_samples(service, scan_bytes) -> None:  # type: ignore[no-untyped-def]

@@ -261,7 +261,7 @@ def test_long_answers_are_split_at_2048_bytes(wecom: Harness) -> None:
 
     def long_answer(request: Request) -> Answer:
         answer = short_answer(request)
-        answer.text = "\n".join([answer.text] * 25)
+        answer.text = "\n".join([answer.text] * 120)  # well past 2048 bytes
         return answer
 
     backend.answer = long_answer  # type: ignore[method-assign]
