@@ -115,7 +115,7 @@ def test_check_config_command_exit_codes(tmp_path: Path) -> None:
 def test_check_config_checks_the_machine_too(tmp_path: Path, problem: str) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    lines = ['[storage]\ndata_dir = "data"', "[[watch]]\npath = \"inbox\""]
+    lines = ['[storage]\ndata_dir = "data"', '[[watch]]\npath = "inbox"']
     expected = {
         "watch-missing": "does not exist",
         "watch-read-only": "cannot be written",

@@ -15,7 +15,7 @@ from PIL import Image, ImageChops
 from pydantic import SecretStr
 
 from service.backends.base import Backend, Request, Turn, single_image_request
-from service.backends.openai_backend import OpenAIBackend, ThinkFilter
+from service.backends.openai_backend import OpenAIBackend
 from service.config import Config, OpenAIConfig
 from service.errors import PermanentError, TransientError
 from tests.fake_openai import MODEL, ROOT, FakeOpenAIServer
@@ -313,28 +313,3 @@ def test_api_key_never_logged(
     assert any(r.name == "tuwen.generate" for r in caplog.records)
     assert API_KEY not in caplog.text
     assert API_KEY not in str(caught.value) + str(refused.value)
-
-
-@pytest.mark.parametrize(
-    ("pieces", "strip", "shown", "reasoning"),
-    [
-        # Tags split one character per piece, whitespace around the answer.
-        (list("  <think>想一想\n</think>\n答案是 42。  "), True, "答案是 42。", "想一想"),
-        # The model ran out of tokens while thinking.
-        (["<think>还在", "想"], True, "", "还在想"),
-        # Text already handed to a streaming caller cannot be taken back; only the stray tag goes.
-        (["先看", "文字</think>答案"], True, "先看文字答案", ""),
-        # A stray close tag before anything was shown: what preceded it was reasoning.
-        (["先看文字</think>", "答案"], True, "答案", "先看文字"),
-        # An incomplete tag at the end is plain text.
-        (["a < b <thi"], True, "a < b <thi", ""),
-        (["<think>x</think> y "], False, "<think>x</think> y ", ""),
-    ],
-    ids=["split-tags", "unterminated", "late-close", "early-close", "partial-tag", "off"],
-)
-def test_think_filter(pieces: list[str], strip: bool, shown: str, reasoning: str) -> None:
-    think = ThinkFilter(strip)
-
-    visible = "".join(think.feed(piece) for piece in pieces) + think.finish()
-
-    assert (visible, think.reasoning) == (shown, reasoning)

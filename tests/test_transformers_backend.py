@@ -21,7 +21,7 @@ from PIL import Image
 
 from service.backends.base import Backend, Request, Turn, single_image_request
 from service.backends.registry import create_backend
-from service.backends.transformers_backend import TransformersBackend, VisibleText, split_thinking
+from service.backends.transformers_backend import TransformersBackend
 from service.config import Config, ModelConfig
 from service.errors import OutOfMemoryError, PermanentError
 
@@ -217,40 +217,6 @@ def test_request_must_end_with_a_user_turn(backend: TransformersBackend) -> None
     with pytest.raises(PermanentError) as caught:
         backend.answer(request)
     assert caught.value.code == "model_failed"
-
-
-@pytest.mark.parametrize(
-    ("text", "answer", "reasoning"),
-    [
-        ("<think>look at the sky</think>A cat on a wall.", "A cat on a wall.", "look at the sky"),
-        ("\n<think>\nstep 1\nstep 2\n</think>\n\n两个人站在门口。 ", "两个人站在门口。", "step 1\nstep 2"),
-        ("A cat on a wall.", "A cat on a wall.", None),
-        ("  plain answer\n", "plain answer", None),
-        ("<think>cut off by max_new_tokens", "", "cut off by max_new_tokens"),
-        ("Use <think> tags like </think> this", "Use <think> tags like </think> this", None),
-        ("<think></think>Direct.", "Direct.", ""),
-    ],
-)
-def test_split_thinking(text: str, answer: str, reasoning: str | None) -> None:
-    assert split_thinking(text) == (answer, reasoning)
-
-
-@pytest.mark.parametrize(
-    ("pieces", "strip", "expected"),
-    [
-        (["<", "think", ">", "secret", " plan", "</th", "ink>", "\n", "A", " cat", " ", "\n"], True, "A cat"),
-        (["<", "b>bold</b>", " end "], True, "<b>bold</b> end"),
-        (["<think>", "cut off"], True, ""),
-        (["  ", "<think>x</think>", "y "], False, "<think>x</think>y"),
-        ([" 两个", "人 ", "\n", "站着"], True, "两个人 \n站着"),
-    ],
-)
-def test_visible_text_streams_only_the_answer(pieces: list[str], strip: bool, expected: str) -> None:
-    visible = VisibleText(strip)
-    sent = [visible.feed(piece) for piece in pieces] + [visible.finish()]
-    assert "".join(sent) == expected == visible.text
-    if strip:
-        assert not any("secret" in s or "think" in s for s in sent)
 
 
 def test_model_version_is_stable_and_tracks_config(tiny_glm_dir: Path, tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from PIL import Image
 from service.backends.base import Answer, OnText, Request, Turn
 from service.errors import PermanentError, TransientError
 from service.messages import msg
+from service.reasoning import ReasoningFilter
 
 if TYPE_CHECKING:
     from service.config import Config
@@ -50,84 +51,6 @@ class _Retryable(Exception):
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
-
-
-class ThinkFilter:
-    """Splits `<think>…</think>` out of text fed piece by piece; `feed` returns the visible part.
-
-    Tags split across pieces are held back until recognisable; outer whitespace is dropped (trailing
-    whitespace waits for more text), so joined pieces equal the stripped answer. A `</think>` with no opening
-    tag (templates that open it in the prompt) makes all text before it reasoning if none was shown yet;
-    shown text cannot be taken back, so then only the tag goes. `strip=False` passes text through.
-    """
-
-    _OPEN, _CLOSE = "<think>", "</think>"
-
-    def __init__(self, strip: bool = True) -> None:
-        self.strip = strip
-        self._buffer = ""
-        self._in_think = False
-        self._shown = False
-        self._pending_space = ""
-        self._reasoning: list[str] = []
-
-    @property
-    def reasoning(self) -> str:
-        """The text found inside think tags so far."""
-        return "".join(self._reasoning).strip()
-
-    def feed(self, piece: str) -> str:
-        """Add `piece`; return the newly visible text (possibly "")."""
-        if not self.strip:
-            return piece
-        self._buffer += piece
-        shown: list[str] = []
-        while True:
-            start, end = self._buffer.find(self._OPEN), self._buffer.find(self._CLOSE)
-            if self._in_think and end >= 0:
-                self._reasoning.append(self._buffer[:end])
-                self._in_think, self._buffer = False, self._buffer[end + len(self._CLOSE) :]
-            elif not self._in_think and end >= 0 and not 0 <= start < end:  # a close tag, no open tag
-                before = "".join(shown) + self._buffer[:end]
-                shown = [before] if self._shown else []
-                self._reasoning.extend([] if self._shown else [before])
-                self._buffer = self._buffer[end + len(self._CLOSE) :]
-            elif not self._in_think and start >= 0:
-                shown.append(self._buffer[:start])
-                self._in_think, self._buffer = True, self._buffer[start + len(self._OPEN) :]
-            else:
-                break
-        # Hold back what may be the start of a tag split across pieces; release the rest.
-        keep = max(_partial_tag(self._buffer, self._CLOSE), _partial_tag(self._buffer, self._OPEN))
-        cut = len(self._buffer) - keep
-        (self._reasoning if self._in_think else shown).append(self._buffer[:cut])
-        self._buffer = self._buffer[cut:]
-        return self._visible("".join(shown))
-
-    def finish(self) -> str:
-        """End of text: return what was held back (an incomplete tag is just text)."""
-        if not self.strip:
-            return ""
-        rest, self._buffer = self._buffer, ""
-        if self._in_think:  # the model ran out of tokens while still thinking
-            self._reasoning.append(rest)
-            return ""
-        return self._visible(rest)  # trailing whitespace stays pending, i.e. dropped
-
-    def _visible(self, text: str) -> str:
-        if not self._shown:
-            text = text.lstrip()
-        text = self._pending_space + text
-        shown = text.rstrip()
-        self._pending_space = text[len(shown) :]
-        if shown:
-            self._shown = True
-        return shown
-
-
-def _partial_tag(text: str, tag: str) -> int:
-    """Length of the longest proper prefix of `tag` that `text` ends with."""
-    return next((k for k in range(len(tag) - 1, 0, -1) if text.endswith(tag[:k])), 0)
 
 
 def image_data_url(image: Image.Image) -> str:
@@ -241,7 +164,7 @@ class OpenAIBackend:
         try:
             choice = data["choices"][0]
             message = choice.get("message") or {}
-            think = ThinkFilter(self.config.model.strip_thinking)
+            think = ReasoningFilter(self.config.model.strip_thinking)
             text = think.feed(message.get("content") or "") + think.finish()
             reasoning = [_reasoning_of(message), think.reasoning]
             return self._answer(request, text, reasoning, data.get("usage"), choice.get("finish_reason"))
@@ -312,7 +235,7 @@ class OpenAIBackend:
     def _stream_once(
         self, request: Request, body: dict[str, Any], on_text: OnText, state: dict[str, bool]
     ) -> Answer:
-        think = ThinkFilter(self.config.model.strip_thinking)
+        think = ReasoningFilter(self.config.model.strip_thinking)
         reasoning: list[str] = []
         pieces: list[str] = []
         usage: Any = None

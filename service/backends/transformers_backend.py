@@ -29,6 +29,7 @@ from service.backends.base import Answer, OnText, Request, single_image_request
 from service.config import Config
 from service.errors import OutOfMemoryError, PermanentError, TuwenError
 from service.messages import msg
+from service.reasoning import ReasoningFilter, split_reasoning
 
 if TYPE_CHECKING:
     import torch
@@ -37,57 +38,9 @@ log = logging.getLogger(__name__)
 gen_log = logging.getLogger("tuwen.generate")
 vision_log = logging.getLogger("tuwen.vision")
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # bitsandbytes must leave the vision tower (its patch embedding is a Conv3d, and it is small) and the output
 # head in full precision; quantizing them costs accuracy for little memory.
 QUANT_SKIP_MODULES = ["model.visual", "lm_head"]
-
-
-def split_thinking(text: str) -> tuple[str, str | None]:
-    """Split generated text into (answer, reasoning).
-
-    Reasoning counts only when the text opens with `<think>` (GLM's thinking mode); a block cut off by
-    max_new_tokens before `</think>` leaves an empty answer rather than leak half a thought to the user.
-    """
-    head = text.lstrip()
-    if not head.startswith(THINK_OPEN):
-        return text.strip(), None
-    reasoning, closed, answer = head[len(THINK_OPEN) :].partition(THINK_CLOSE)
-    return (answer.strip() if closed else ""), reasoning.strip()
-
-
-class VisibleText:
-    """Turns streamed pieces into the visible answer, so that the pieces sent add up to `Answer.text`.
-
-    Text that might still turn out to be reasoning (a leading `<th...`) and trailing whitespace (the final
-    answer is stripped) are held back until a later piece decides.
-    """
-
-    def __init__(self, strip_thinking: bool) -> None:
-        self.strip_thinking = strip_thinking
-        self.raw = ""
-        self.sent = 0
-
-    def feed(self, piece: str) -> str:
-        """Add a generated piece; return the newly visible text (possibly empty)."""
-        self.raw += piece
-        head = self.raw.lstrip()
-        if self.strip_thinking and (THINK_OPEN.startswith(head) or head.startswith(THINK_OPEN)):
-            return self._take(split_thinking(self.raw)[0] if THINK_CLOSE in head else "")
-        return self._take(self.raw.strip())
-
-    def finish(self) -> str:
-        """Return whatever is still held back once generation has ended."""
-        return self._take(self.text)
-
-    @property
-    def text(self) -> str:
-        """The final visible answer for everything fed so far."""
-        return split_thinking(self.raw)[0] if self.strip_thinking else self.raw.strip()
-
-    def _take(self, visible: str) -> str:
-        new, self.sent = visible[self.sent :], len(visible)
-        return new
 
 
 def model_version_of(path: str, commit_hash: str | None = None) -> str:
@@ -281,7 +234,7 @@ class TransformersBackend:
 
         self._check_loaded()
         streamer = TextIteratorStreamer(self._processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        visible = VisibleText(self.settings.strip_thinking)
+        visible = ReasoningFilter(self.settings.strip_thinking)
         cancel = threading.Event()
         outcome: dict[str, Any] = {}
 
@@ -441,7 +394,7 @@ class TransformersBackend:
             # Stop at the first end-of-turn token; later ones are padding from rows that finished earlier.
             cut = next((i for i, token in enumerate(new_ids) if token in self._stop_ids), len(new_ids))
             raw = self._processor.tokenizer.decode(new_ids[:cut], skip_special_tokens=True)
-            text, reasoning = split_thinking(raw) if self.settings.strip_thinking else (raw.strip(), None)
+            text, reasoning = split_reasoning(raw, self.settings.strip_thinking)
             finish = "length" if cut >= self._max_new_tokens(request) else "stop"
             answers.append(Answer(text, int(prompt), cut, reasoning, finish, {"visual_tokens": int(visual)}))
             gen_log.info(
