@@ -35,9 +35,9 @@ from db.models import Job, JobStatus
 from service.config import BotConfig, Config
 from service.errors import StorageUnavailable
 from service.events import ChatTurn, Event, Priority
-from service.http.uploads import store_upload
 from service.messages import Message, msg
 from service.queue import JobQueue, QueueFull, WorkerUnavailable
+from service.uploads import store_upload
 
 __all__ = ["ChatCore", "IncomingMessage", "split_message", "utf16_length"]
 

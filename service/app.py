@@ -1,8 +1,9 @@
-"""The resident service: builds the spine from config, starts it, and stops it along one path.
+"""The resident service: starts what `service.composition` built and stops it along one path.
 
-Start order: database (migrate, re-queue jobs a crash left running) → model worker → sources → report
-scheduler → HTTP. Stop order is the reverse: stop accepting, stop the report scheduler, stop sources, let the
-worker finish or re-queue the job in hand, close the database.
+Start order: node heartbeat → model worker → sources → report scheduler and upload clean-up → HTTP (the port
+is bound before anything starts). Stop order is the reverse: stop accepting, stop the clean-up and the report
+scheduler, stop sources in reverse start order, let the worker finish or re-queue the job in hand, mark the
+node stopped, close the database.
 """
 
 from __future__ import annotations
@@ -13,21 +14,23 @@ import logging
 import signal
 import socket
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from service.backends.registry import create_backend
+from db.sessions import SessionStore
+from db.store import Store
 from service.config import Config
 from service.errors import StartupError
+from service.http.auth import Auth
+from service.http.context import HttpContext
 from service.http.server import AcceptErrorThrottle, QuietServer, uvicorn_config
 from service.messages import msg
-from service.nodes import NodeHeartbeat, requeue_orphans
+from service.nodes import NodeHeartbeat
 from service.queue import JobQueue
-from service.registry import build_sources
 from service.retention import RetentionSweeper
 from service.sources import Notifier, Source, collect_notifiers
-from service.storage import open_store
 from service.supervisor import ComponentStatus
-from service.worker import BackendFactory, ModelWorker
+from service.worker import ModelWorker
 
 if TYPE_CHECKING:
     from service.reports.schedule import ReportScheduler
@@ -37,59 +40,66 @@ log = logging.getLogger("tuwen.service")
 STOP_TIMEOUT_SECONDS = 30.0
 
 
-class App:
-    """Everything `tuwen serve` runs, wired together."""
+@dataclass
+class Spine:
+    """The service's own parts, built by `service.composition.build_service`."""
 
-    def __init__(
-        self,
-        config: Config,
-        *,
-        backend_factory: BackendFactory = create_backend,
-        with_sources: bool = True,
-        only_uids: set[str] | None = None,
-        with_reports: bool | None = None,
-    ) -> None:
+    store: Store
+    queue: JobQueue
+    worker: ModelWorker
+    heartbeat: NodeHeartbeat
+    retention: RetentionSweeper
+
+
+class App:
+    """Everything `tuwen serve` runs: the spine, the sources and the HTTP server, started and stopped.
+
+    Built by `service.composition.build_service`, which is the only spine module that knows adapters exist:
+    this class is handed the sources and never imports `watchers/` or `bots/`.
+    """
+
+    def __init__(self, config: Config, spine: Spine, sources: list[Source]) -> None:
         self.config = config
         self.started_at = time.time()
-        self.store = open_store(config)  # StartupError with a plain message when it cannot be used
-        requeued = requeue_orphans(self.store, config.node.lease_seconds, config.node.name)
-        if requeued:
-            log.warning("re-queued %d job(s) left running by an earlier stop or crash", requeued)
-        self.queue = JobQueue(self.store)
-        self.worker = ModelWorker(
-            config, self.store, self.queue, backend_factory, only_uids=only_uids, node=config.node.name
-        )
-        # Only the resident service is a node: a one-shot CLI run hands its jobs to one instead.
-        self.heartbeat = (
-            NodeHeartbeat(self.store, config.node.name, config.model.backend, config.node.heartbeat_seconds)
-            if with_sources
-            else None
-        )
-        self.sources: list[Source] = build_sources(config, self.queue) if with_sources else []
-        self.retention = (
-            RetentionSweeper(config.storage.data_dir, config.storage.keep_uploads_days)
-            if with_sources
-            else None
-        )
+        self.store = spine.store
+        self.queue = spine.queue
+        self.worker = spine.worker
+        self.heartbeat = spine.heartbeat
+        self.retention = spine.retention
+        self.sources = sources
         self._started: list[Source] = []
-        # Sources that need HTTP routes (a WeCom callback, a Telegram webhook) add FastAPI routers here
-        # when they are built; the HTTP app includes them. Dependencies still point inward.
-        self.http_routers: list[Any] = []
-        for source in self.sources:
-            router = getattr(source, "http_router", None)
-            if router is not None:
-                self.http_routers.append(router)
+        # Sources that need HTTP routes (a WeCom callback, a Telegram webhook) add FastAPI routers; the
+        # HTTP app includes them. Dependencies still point inward.
+        routers = (getattr(source, "http_router", None) for source in sources)
+        self.http_routers: list[Any] = [router for router in routers if router is not None]
         # Bots that can send unprompted, by platform, for scheduled reports (see service.sources.Notifier).
         self.notifiers: dict[str, Notifier] = collect_notifiers(self.sources)
-        # Scheduled reports run in `tuwen serve` only, not in one-shot commands (`tuwen ask` has no sources).
-        self.with_reports = with_sources if with_reports is None else with_reports
         self.reports: ReportScheduler | None = None  # while running
+        self._http: HttpContext | None = None
+
+    def http_context(self) -> HttpContext:
+        """The collaborators the HTTP layer gets (built once)."""
+        if self._http is None:
+            http = self.config.http
+            sessions = SessionStore(self.store)
+            auth = Auth(http.api_key.get_secret_value(), sessions, session_hours=http.session_hours)
+            self._http = HttpContext(
+                config=self.config,
+                store=self.store,
+                queue=self.queue,
+                worker=self.worker,
+                auth=auth,
+                started_at=self.started_at,
+                components=self.components,
+                report_scheduler=lambda: self.reports,
+                routers=self.http_routers,
+            )
+        return self._http
 
     def start(self) -> None:
         """Start the worker, then each source (a source that fails to start is logged, not fatal)."""
-        if self.heartbeat is not None:
-            self.heartbeat.register()
-            self.heartbeat.start()
+        self.heartbeat.register()
+        self.heartbeat.start()
         self.worker.start()
         for source in self.sources:
             try:
@@ -97,10 +107,9 @@ class App:
                 self._started.append(source)
             except Exception:
                 log.exception("source %s failed to start; the rest of the service runs on", source.name)
-        if self.with_reports and self.config.report:
+        if self.config.report:
             self._start_reports()
-        if self.retention is not None:
-            self.retention.start()
+        self.retention.start()
 
     def _start_reports(self) -> None:
         # Imported here: report rendering pulls in matplotlib, which a service without reports never needs.
@@ -117,8 +126,7 @@ class App:
     def stop(self) -> None:
         """The one stop path."""
         self.queue.accepting = False
-        if self.retention is not None:
-            self.retention.stop()
+        self.retention.stop()
         if self.reports is not None:
             try:
                 self.reports.stop()
@@ -132,8 +140,7 @@ class App:
                 log.exception("stopping %s failed", source.name)
         self._started.clear()
         self.worker.stop(STOP_TIMEOUT_SECONDS)
-        if self.heartbeat is not None:
-            self.heartbeat.stop()
+        self.heartbeat.stop()
         self.store.close()
         log.info("stopped cleanly")
 
@@ -166,7 +173,7 @@ class App:
         if sock is not None:
             from service.http.app import create_http_app
 
-            server = QuietServer(uvicorn_config(create_http_app(self), self.config))
+            server = QuietServer(uvicorn_config(create_http_app(self.http_context()), self.config))
             server_task = asyncio.create_task(server.serve(sockets=[sock]))
             log.info("HTTP on http://%s:%d (GET /health)", http.host, sock.getsockname()[1])
         await stop_event.wait()
@@ -174,7 +181,7 @@ class App:
         if server is not None and server_task is not None:
             from service.http.feed import close_feeds
 
-            close_feeds(self)  # open SSE streams would otherwise keep uvicorn waiting
+            close_feeds(self.http_context())  # open SSE streams would otherwise keep uvicorn waiting
             server.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server_task, timeout=10)

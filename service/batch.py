@@ -125,7 +125,7 @@ def run_batch(
 def _sidecar_writer(watch: WatchConfig | None):  # type: ignore[no-untyped-def]
     if watch is None:
         return lambda job: None
-    from watchers.output import write_sidecars_for_job
+    from service.sidecars.output import write_sidecars_for_job
 
     def write(job: Job) -> None:
         if job.file_path:

@@ -1,6 +1,6 @@
 """`tuwen` command line: serve, ask, batch, check-config, jobs, links, report. Every command takes `-c PATH`.
 
-Like `service/registry.py` this is a composition root, so it may import adapters (lazily).
+It builds what it runs through `service.composition` and imports no adapter itself.
 """
 
 from __future__ import annotations
@@ -137,11 +137,11 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
-    from service.app import App
+    from service.composition import build_service
     from service.errors import StartupError
 
     try:
-        app = App(config)
+        app = build_service(config)
         return asyncio.run(app.serve_forever())
     except StartupError as exc:
         # One plain paragraph, no traceback; a non-zero exit so systemd or compose restart us once fixed.
@@ -151,11 +151,11 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 
 def _one_shot(config: Config) -> Any:
     """The queue and answerer for `ask`/`batch`; None (after printing why) when the database is unusable."""
+    from service.composition import build_one_shot
     from service.errors import StartupError
-    from service.oneshot import OneShot
 
     try:
-        return OneShot(config)
+        return build_one_shot(config)
     except StartupError as exc:
         print(str(exc.message), file=sys.stderr)
         return None

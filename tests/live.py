@@ -12,6 +12,7 @@ from typing import Any
 import uvicorn
 
 from service.app import App
+from service.composition import build_service
 from service.config import Config
 from service.http.app import create_http_app
 from service.http.server import uvicorn_config
@@ -32,9 +33,9 @@ def running_service(
 ) -> Iterator[LiveService]:
     """Start App + HTTP on a free port; wait until the model is ready; stop everything afterwards."""
     kwargs = {"backend_factory": backend_factory} if backend_factory is not None else {}
-    app = App(config, **kwargs)
+    app = build_service(config, **kwargs)
     app.start()
-    http_app = create_http_app(app)
+    http_app = create_http_app(app.http_context())
     # The service's own uvicorn settings (limits, timeouts, the guarded protocol), on a free port.
     server = uvicorn.Server(uvicorn_config(http_app, config, host="127.0.0.1", port=0))
     thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)

@@ -17,12 +17,12 @@ from typing import Any
 
 from sqlalchemy import update
 
-from db.models import Job, JobStatus
-from service.app import App
+from db.models import Job
+from service.composition import build_one_shot
 from service.config import Config, HttpConfig, StorageConfig, WatchConfig
 from service.events import Event
 from service.images import sha256_file
-from tests.conftest import InstrumentedBackend, wait_until
+from tests.conftest import InstrumentedBackend
 from tests.render import render_text_image
 
 HOSTILE_ANSWER = '<script>window.pwned=1</script><img src=x onerror="window.pwned=2"> 危险的回答'
@@ -89,7 +89,7 @@ def build_history(root: Path, engine: Any) -> History:
         http=HttpConfig(enabled=False),
         watch=[WatchConfig(path=files, name="archive"), WatchConfig(path=files, name="photos")],
     )
-    app = App(config, backend_factory=lambda cfg: InstrumentedBackend(cfg, engine), with_sources=False)
+    run = build_one_shot(config, backend_factory=lambda cfg: InstrumentedBackend(cfg, engine))
     uids: dict[str, str] = {}
     for key, source, ref, kind, question, _ in PLAN:
         path = files / f"{key}.jpg"
@@ -103,18 +103,13 @@ def build_history(root: Path, engine: Any) -> History:
         event = Event(
             source=source, source_ref=ref, question=question, images=(str(path),), sha256=sha256_file(path)
         )
-        uids[key] = app.queue.submit(event).uid
-    app.start()
+        uids[key] = run.submit(event).uid
+    run.start()
     try:
-        wait_until(lambda: all(_finished(app, uid) for uid in uids.values()), timeout=120)
+        run.wait(uids.values(), lambda job: None)
     finally:
-        app.stop()
+        run.close()
     return _arrange(config, uids)
-
-
-def _finished(app: App, uid: str) -> bool:
-    job = app.store.get_by_uid(uid)
-    return job is not None and job.status in (JobStatus.DONE, JobStatus.FAILED)
 
 
 def _arrange(config: Config, uids: dict[str, str]) -> History:

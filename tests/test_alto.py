@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from defusedxml import ElementTree as SafeET
 
-from service.alto import ALTO_NS, alto_xml
 from service.backends.ocr_backend import OcrEngine
+from service.sidecars.alto import ALTO_NS, alto_xml
 from tests.render import render_vertical_page
 
 NS = {"a": ALTO_NS}

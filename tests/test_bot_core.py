@@ -13,6 +13,7 @@ import pytest
 from bots.core import ChatCore, IncomingMessage, _language_half, split_message, utf16_length
 from db.models import Job
 from service.app import App
+from service.composition import build_service
 from service.config import Config
 from service.errors import PermanentError
 from service.events import Event, Priority
@@ -30,7 +31,9 @@ def spine(make_config: Callable[..., Config], backend_factory: Any) -> Iterator[
         config = make_config(
             watches=[], telegram={"enabled": True, **bot}, **({"http": http} if http else {})
         )
-        app = App(config, backend_factory=backend_factory, with_sources=False)
+        # The bot under test is built by the test itself: the service gets a config without it.
+        bare = config.model_copy(update={"telegram": config.telegram.model_copy(update={"enabled": False})})
+        app = build_service(bare, backend_factory=backend_factory)
         apps.append(app)
         if run:
             app.start()

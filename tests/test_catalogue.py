@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from watchers.catalogue import COLUMNS, CatalogueRow, append_catalogue_row, read_catalogue
-from watchers.sidecars import SidecarRecord
+from service.sidecars.catalogue import COLUMNS, CatalogueRow, append_catalogue_row, read_catalogue
+from service.sidecars.sidecar import SidecarRecord
 
 BOM = "\ufeff".encode()
 TIME = datetime(2025, 3, 1, 9, 30, 15, tzinfo=UTC)
@@ -148,7 +148,7 @@ def test_concurrent_processes_lose_no_rows(tmp_path: Path) -> None:
     path = tmp_path / "tuwen-catalogue.csv"
     script = (
         "import sys\nfrom datetime import UTC, datetime\nfrom pathlib import Path\n"
-        "from watchers.catalogue import CatalogueRow, append_catalogue_row\n"
+        "from service.sidecars.catalogue import CatalogueRow, append_catalogue_row\n"
         "for i in range(60):\n"
         "    append_catalogue_row(Path(sys.argv[1]), CatalogueRow(f'p{sys.argv[2]}-{i}.jpg',"
         " datetime.now(UTC), 'done', '问', '答\\n二'))\n"

@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from service import formats
-from service.http.uploads import IMAGE_MIME_TYPES, extension_for
 from service.images import _OPEN_AS
 from service.messages import msg
+from service.uploads import IMAGE_MIME_TYPES, extension_for
 from tests import documents
 
 REPO = Path(__file__).resolve().parents[1]

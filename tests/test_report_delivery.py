@@ -27,11 +27,14 @@ from pydantic import SecretStr
 from bots.telegram import TelegramBot
 from bots.wechat import WeChatBot
 from service.app import App
+from service.composition import build_service
 from service.config import Config, ReportConfig
 from service.http.app import create_http_app
 from service.messages import msg
+from service.queue import JobQueue
 from service.reports.delivery import Deliverer
 from service.reports.schedule import ReportScheduler
+from service.storage import open_store
 from tests.conftest import wait_until
 from tests.fake_telegram import FakeTelegram, fake_telegram
 from tests.fake_wecom import running_fake_wecom
@@ -89,7 +92,7 @@ def service(make_config: Callable[..., Config], backend_factory: Any) -> Iterato
         # Once a year, so the scheduler itself never fires during a test; the tests call run_report.
         yearly = {"schedule": "0 18 1 1 *", **report}
         config.report = [ReportConfig(name="daily", telegram_chat_ids=[str(CHAT)], **yearly)]
-        app = App(config, backend_factory=backend_factory)
+        app = build_service(config, backend_factory=backend_factory)
         apps.append(app)
         app.start()
         bot = app.notifiers["telegram"]
@@ -219,7 +222,7 @@ def test_wecom_gets_the_text_the_chart_as_image_and_the_page_as_file(
             "encoding_aes_key": SecretStr("jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"),
             "api_base": fake.url,
         }
-        app = App(make_config(watches=[], wecom=wecom))  # never started: notify needs no callback
+        app = build_service(make_config(watches=[], wecom=wecom))  # never started: notify needs no callback
         try:
             files = stand_in_files(tmp_path)
             report = ReportConfig(name="daily", wecom_users=["zhangsan"])
@@ -287,8 +290,8 @@ def test_wechat_gets_the_summary_as_text_through_the_bridge(
     make_config: Callable[..., Config], tmp_path: Path
 ) -> None:
     config = make_config(watches=[], wechat={"enabled": True})
-    app = App(config, with_sources=False)
-    bot = WeChatBot(config, app.queue, puppet_factory="tests.test_report_delivery:make_quiet_puppet")
+    store = open_store(config)
+    bot = WeChatBot(config, JobQueue(store), puppet_factory="tests.test_report_delivery:make_quiet_puppet")
     bot.start()
     try:
         wait_until(lambda: bot.online, timeout=30)
@@ -296,7 +299,7 @@ def test_wechat_gets_the_summary_as_text_through_the_bridge(
         (result,) = Deliverer({"wechat": bot}, backoff_seconds=0.05).deliver(report, stand_in_files(tmp_path))
     finally:
         bot.stop()
-        app.store.close()
+        store.close()
     assert (result.status, result.sent, result.skipped) == ("sent", ["text"], ["image", "document"])
     sent = (config.storage.data_dir / "wechaty" / "sent.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line) for line in sent] == [{"to": ALICE, "text": "图问日报：共处理 3 项，失败 1 项"}]
@@ -310,14 +313,14 @@ def test_the_reports_api_lists_a_run_serves_its_files_and_refuses_traversal(
 ) -> None:
     config = make_config(watches=[], http={"api_key": SecretStr("k" * 24)})
     config.report = [ReportConfig(name="daily")]
-    app = App(config, backend_factory=backend_factory)
+    app = build_service(config, backend_factory=backend_factory)
     app.start()
     try:
         assert app.reports is not None
         now = datetime.now(SHANGHAI)
         seed_history(app, (now - timedelta(days=1)).replace(minute=0, second=0, microsecond=0))
         record = app.reports.run_report("daily", now)
-        client = TestClient(create_http_app(app))
+        client = TestClient(create_http_app(app.http_context()))
         assert client.get("/api/reports").status_code == 401
         client.headers["Authorization"] = "Bearer " + "k" * 24
         body = client.get("/api/reports").json()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import pytest
 import time_machine
 
 from db.store import Store
-from service.app import App
+from service.composition import build_one_shot, build_service
 from service.config import Config, ReportConfig, StorageConfig
 from service.messages import msg
 from service.reports.content import period_bounds
@@ -247,7 +248,7 @@ def test_the_app_starts_the_scheduler_after_sources_and_stops_it_first(
 ) -> None:
     config = make_config(watches=[])
     config.report = [ReportConfig(name="daily")]
-    app = App(config, backend_factory=backend_factory)
+    app = build_service(config, backend_factory=backend_factory)
     app.start()
     try:
         assert app.reports is not None
@@ -256,12 +257,14 @@ def test_the_app_starts_the_scheduler_after_sources_and_stops_it_first(
     finally:
         app.stop()
     assert app.reports is None
-    one_shot = App(config, backend_factory=backend_factory, with_sources=False, only_uids=set())
+    one_shot = build_one_shot(config, backend_factory=backend_factory)
     one_shot.start()
     try:
-        assert one_shot.reports is None  # `tuwen ask` and friends schedule nothing
+        # `tuwen ask` and friends schedule nothing: no scheduler thread runs beside them.
+        assert not hasattr(one_shot, "reports")
+        assert not [t for t in threading.enumerate() if "apscheduler" in t.name.lower()]
     finally:
-        one_shot.stop()
+        one_shot.close()
 
 
 @pytest.mark.parametrize(

@@ -63,7 +63,7 @@ def test_old_uploads_and_thumbnails_go_and_the_text_stays(make_config, backend_f
 
 
 def test_recent_and_resent_uploads_stay_and_zero_keeps_everything(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from service.http.uploads import store_upload
+    from service.uploads import store_upload
 
     data_dir = tmp_path / "data"
     old = store_upload(data_dir, b"\x89PNG\r\n\x1a\n old photo")

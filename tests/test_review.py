@@ -14,9 +14,9 @@ import pytest
 from pydantic import SecretStr
 
 from service.config import Config
+from service.sidecars.catalogue import read_catalogue
 from tests.conftest import wait_until
 from tests.live import LiveService, running_service
-from watchers.catalogue import read_catalogue
 
 KEY = "review-test-key"
 NS = {

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from watchers.sidecars import (
+from service.sidecars.sidecar import (
     DC_DESCRIPTION,
     LI,
     TIFF_DESCRIPTION,

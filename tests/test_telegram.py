@@ -21,6 +21,7 @@ from bots.core import utf16_length
 from bots.telegram import TelegramBot
 from db.models import Job
 from service.app import App
+from service.composition import build_service
 from service.config import Config
 from service.errors import PermanentError
 from service.messages import msg
@@ -51,7 +52,7 @@ def service(
         *, token: str = TOKEN, ready: bool = True, text_limit: int = 0, **settings: Any
     ) -> tuple[App, TelegramBot]:
         values = {"enabled": True, "token": SecretStr(token), "api_base": telegram.url, **settings}
-        app = App(make_config(watches=[], telegram=values), backend_factory=backend_factory)
+        app = build_service(make_config(watches=[], telegram=values), backend_factory=backend_factory)
         apps.append(app)
         (bot,) = app.sources
         assert isinstance(bot, TelegramBot)

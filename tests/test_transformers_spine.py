@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from service.app import App
+from service.composition import build_service
 from service.config import ModelConfig
 from service.events import Event, Priority
 from tests.conftest import wait_until
@@ -29,7 +29,7 @@ def test_folder_backlog_is_batched_through_the_transformers_backend(
     tiff = inbox / "pages.tif"
     pages = [Image.new("RGB", (120, 90), c) for c in ("white", "black")]
     pages[0].save(tiff, save_all=True, append_images=pages[1:])
-    app = App(config)
+    app = build_service(config)
     app.start()
     sidecars = [inbox / f"{c}.png.json" for c in colours] + [inbox / "pages.tif.json"]
     wait_until(lambda: all(p.exists() for p in sidecars), timeout=120)
@@ -86,7 +86,7 @@ def test_ocr_runs_as_an_extra_step_beside_the_model(make_config, tiny_glm_dir, s
     )
     image = config.storage.data_dir.parent / "label.jpg"
     image.write_bytes(scan_bytes(["展品说明 青铜鼎"]))
-    app = App(config)
+    app = build_service(config)
     app.start()
     job = app.queue.submit(Event(source="cli", question="这是什么？", images=(str(image),)))
     done = app.queue.result(job.uid).result(timeout=120)

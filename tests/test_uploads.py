@@ -1,4 +1,4 @@
-"""service/http/uploads.py on its own: data URLs, content-addressed storage, and fetching image URLs safely
+"""service/uploads.py on its own: data URLs, content-addressed storage, and fetching image URLs safely
 from a real HTTP server on 127.0.0.1 (let through by allowing exactly that address; every other rule stays).
 """
 
@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from service.http import uploads
-from service.http.uploads import ImageRejected, decode_data_url, extension_for, fetch_image_url, store_upload
+from service.uploads import ImageRejected, decode_data_url, extension_for, fetch_image_url, store_upload
 from tests import documents
 from tests.live import running_service
 from tests.render import render_text_image

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from service.app import App
+from service.composition import build_service
 from tests.conftest import wait_until
 from tests.live import running_service
 
@@ -63,7 +64,7 @@ def test_a_crash_in_the_watcher_loop_restarts_it_and_nothing_is_lost(  # type: i
     config = make_config()
     scan = config.watch[0].path / "after-crash.jpg"
     scan.write_bytes(scan_bytes(["崩溃之后"]))
-    app = App(config, backend_factory=backend_factory)
+    app = build_service(config, backend_factory=backend_factory)
     with caplog.at_level(logging.ERROR, logger="tuwen.service.supervisor"):
         app.start()
         wait_until(lambda: _sidecar(scan), timeout=60)
@@ -111,7 +112,7 @@ def test_a_file_that_keeps_failing_is_recorded_once_and_skipped(  # type: ignore
     (inbox / "poison.jpg").write_bytes(scan_bytes(["有毒的文件"]))
     good = inbox / "good.jpg"
     good.write_bytes(scan_bytes(["正常的文件"]))
-    app = App(config, backend_factory=backend_factory)
+    app = build_service(config, backend_factory=backend_factory)
     app.start()
     record = wait_until(lambda: _sidecar(inbox / "poison.jpg"), timeout=60)
     wait_until(lambda: _sidecar(good), timeout=60)
@@ -154,7 +155,7 @@ def test_a_name_too_long_for_sidecars_gets_a_shortened_one_and_a_note(  # type: 
     long_name = "档" * 82 + ".jpg"  # 250 bytes in UTF-8: legal, but NAME.json would be 255 + 5
     scan = inbox / long_name
     scan.write_bytes(scan_bytes(["很长的文件名"]))
-    first = App(config, backend_factory=backend_factory)
+    first = build_service(config, backend_factory=backend_factory)
     first.start()
     sidecar = wait_until(lambda: next(inbox.glob("*~*.json"), None), timeout=60)
     first.stop()
@@ -165,7 +166,7 @@ def test_a_name_too_long_for_sidecars_gets_a_shortened_one_and_a_note(  # type: 
     job = first.store.list_jobs(limit=1)[0]
     assert job.notes and job.notes[0]["code"] == "sidecar_name_shortened"
     sidecar.unlink()  # type: ignore[union-attr]
-    second = App(config, backend_factory=backend_factory)
+    second = build_service(config, backend_factory=backend_factory)
     second.start()  # the start-up repair must cope with such names
     wait_until(lambda: next(inbox.glob("*~*.json"), None), timeout=60)
     status = _component(second, "watch:")
@@ -188,7 +189,7 @@ def test_links_and_special_files_are_skipped_once(  # type: ignore[no-untyped-de
     listener.bind(str(inbox / "sock.jpg"))
     ordinary = inbox / "ordinary.jpg"
     ordinary.write_bytes(scan_bytes(["普通的文件"]))
-    app = App(config, backend_factory=backend_factory)
+    app = build_service(config, backend_factory=backend_factory)
     with caplog.at_level(logging.INFO, logger="tuwen.watch"):
         app.start()
         wait_until(lambda: _sidecar(ordinary), timeout=60)
@@ -211,7 +212,7 @@ def test_follow_links_takes_a_link_to_outside_when_asked(  # type: ignore[no-unt
     config = make_config(watches=[{"follow_links": True}])
     link = config.watch[0].path / "linked.jpg"
     link.symlink_to(outside / "scan.jpg")
-    app = App(config, backend_factory=backend_factory)
+    app = build_service(config, backend_factory=backend_factory)
     app.start()
     data = wait_until(lambda: _sidecar(link), timeout=60)
     app.stop()
@@ -226,7 +227,7 @@ def test_content_replaced_with_the_same_size_and_mtime_is_noticed(  # type: igno
     scan = inbox / "card.jpg"
     first_bytes = scan_bytes(["第一张卡片"])
     scan.write_bytes(first_bytes)
-    app = App(config, backend_factory=backend_factory)
+    app = build_service(config, backend_factory=backend_factory)
     app.start()
     wait_until(lambda: _sidecar(scan), timeout=60)
     st = scan.stat()
@@ -253,7 +254,7 @@ def test_a_kill_mid_write_leaves_no_temporary_files_and_a_complete_catalogue(  #
         path = inbox / f"roll{index}.jpg"
         path.write_bytes(scan_bytes([f"卷 {index}"]))
         scans.append(path)
-    first = App(config, backend_factory=backend_factory)
+    first = build_service(config, backend_factory=backend_factory)
     first.start()
     wait_until(lambda: all(_sidecar(p) for p in scans), timeout=60)
     first.stop()
@@ -269,7 +270,7 @@ def test_a_kill_mid_write_leaves_no_temporary_files_and_a_complete_catalogue(  #
     lines = csv_path.read_text(encoding="utf-8-sig").splitlines()
     name = Path(lost.images[0]).name
     csv_path.write_text("\n".join(line for line in lines if name not in line) + "\n", encoding="utf-8-sig")
-    second = App(config, backend_factory=backend_factory)
+    second = build_service(config, backend_factory=backend_factory)
     second.start()
     wait_until(lambda: name in csv_path.read_text(encoding="utf-8-sig"), timeout=30)
     second.stop()

@@ -12,6 +12,7 @@ from PIL import Image
 
 from db.models import JobStatus
 from service.app import App
+from service.composition import build_service
 from tests import documents
 from tests.conftest import wait_until
 from tests.render import render_text_image
@@ -41,7 +42,7 @@ def test_backlog_present_at_start_is_answered_with_both_sidecars(
     for path in files:
         path.write_bytes(scan_bytes(["民国三十年 合影", "Group photo 1941"]))
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
-    app = App(make_config(), backend_factory=backend_factory)
+    app = build_service(make_config(), backend_factory=backend_factory)
     app.start()
     wait_until(lambda: all(_sidecar(p) for p in files))
     app.stop()
@@ -60,7 +61,7 @@ def test_a_slowly_written_file_is_taken_once_when_complete(
     make_config, backend_factory, inbox, scan_bytes
 ) -> None:  # type: ignore[no-untyped-def]
     data = scan_bytes(["慢慢写入的扫描件"])
-    app = App(make_config(watches=[{"stable_seconds": 1.0}]), backend_factory=backend_factory)
+    app = build_service(make_config(watches=[{"stable_seconds": 1.0}]), backend_factory=backend_factory)
     app.start()
     wait_until(lambda: app.worker.alive)
     target = inbox / "slow.jpg"
@@ -98,7 +99,7 @@ def test_bad_files_become_failed_records_and_the_service_stays_up(  # type: igno
     good_bytes = scan_bytes(["好的扫描件"])
     bad = inbox / name
     bad.write_bytes(good_bytes[: len(good_bytes) // 2] if content == "half" else content)
-    app = App(make_config(), backend_factory=backend_factory)
+    app = build_service(make_config(), backend_factory=backend_factory)
     app.start()
     wait_until(lambda: _sidecar(bad))
     good = inbox / "good.jpg"
@@ -120,7 +121,7 @@ def test_pdfs_phone_photos_and_pipes_in_a_watched_folder(make_config, backend_fa
     upright = render_text_image(["手机拍的档案", "Phone photo"], size=(600, 300), font_size=48)
     phone = inbox / "IMG_0042.HEIC"  # stored on its side; EXIF orientation 8 (iPhones write it as `irot`)
     phone.write_bytes(documents.photo_bytes(upright.transpose(Image.Transpose.ROTATE_270), "HEIF", 8))
-    app = App(make_config(images={"max_pages": 2}), backend_factory=backend_factory)
+    app = build_service(make_config(images={"max_pages": 2}), backend_factory=backend_factory)
     app.start()
     wait_until(lambda: _sidecar(letter) and _sidecar(locked) and _sidecar(phone), timeout=90)
     app.stop()
@@ -155,7 +156,7 @@ def test_litter_and_our_own_files_are_ignored(make_config, backend_factory, inbo
         path.write_bytes(data)
     real = inbox / "real.jpg"
     real.write_bytes(data)
-    app = App(make_config(watches=[{"ignore": ["*.raw"]}]), backend_factory=backend_factory)
+    app = build_service(make_config(watches=[{"ignore": ["*.raw"]}]), backend_factory=backend_factory)
     (inbox / "camera.raw").write_bytes(data)
     app.start()
     wait_until(lambda: _sidecar(real))
@@ -172,7 +173,7 @@ def test_a_touched_scan_keeps_one_record_and_its_sidecars_byte_for_byte(
 ) -> None:  # type: ignore[no-untyped-def]
     scan = inbox / "photo.jpg"
     scan.write_bytes(scan_bytes(["同一张照片"]))
-    app = App(make_config(), backend_factory=backend_factory)
+    app = build_service(make_config(), backend_factory=backend_factory)
     app.start()
     wait_until(lambda: _sidecar(scan))
     before = {p.name: p.read_bytes() for p in inbox.iterdir()}
@@ -190,7 +191,7 @@ def test_a_renamed_scan_takes_its_record_and_sidecars_along(
 ) -> None:  # type: ignore[no-untyped-def]
     original = inbox / "photo.jpg"
     original.write_bytes(scan_bytes(["同一张照片"]))
-    app = App(make_config(), backend_factory=backend_factory)
+    app = build_service(make_config(), backend_factory=backend_factory)
     app.start()
     first = wait_until(lambda: _sidecar(original))
     renamed = inbox / "photo-renamed.jpg"
@@ -212,11 +213,12 @@ def test_a_renamed_scan_takes_its_record_and_sidecars_along(
 def test_a_changed_prompt_answers_again(make_config, backend_factory, inbox, scan_bytes) -> None:  # type: ignore[no-untyped-def]
     scan = inbox / "letter.jpg"
     scan.write_bytes(scan_bytes(["家书一封"]))
-    first = App(make_config(), backend_factory=backend_factory)
+    first = build_service(make_config(), backend_factory=backend_factory)
     first.start()
     wait_until(lambda: _sidecar(scan))
     first.stop()
-    second = App(make_config(watches=[{"prompt": "这封信是谁写的？"}]), backend_factory=backend_factory)
+    config = make_config(watches=[{"prompt": "这封信是谁写的？"}])
+    second = build_service(config, backend_factory=backend_factory)
     second.start()
     os.utime(scan, (time.time() + 5, time.time() + 5))  # dropped again
     wait_until(lambda: _sidecar(scan)["question"] == "这封信是谁写的？")  # type: ignore[index]
@@ -231,7 +233,7 @@ def test_output_dir_mirrors_the_tree_for_read_only_shares(
     scan = inbox / "1950s" / "street.jpg"
     scan.write_bytes(scan_bytes(["南京路 1956"]))
     mirror = tmp_path / "sidecars"
-    app = App(
+    app = build_service(
         make_config(watches=[{"output_dir": mirror, "catalogue": True}]), backend_factory=backend_factory
     )
     app.start()
@@ -245,7 +247,7 @@ def test_output_dir_mirrors_the_tree_for_read_only_shares(
 
 def test_polling_mode_for_network_shares(make_config, backend_factory, inbox, scan_bytes) -> None:  # type: ignore[no-untyped-def]
     config = make_config(watches=[{"polling": True, "poll_interval_seconds": 0.3}])
-    app = App(config, backend_factory=backend_factory)
+    app = build_service(config, backend_factory=backend_factory)
     app.start()
     wait_until(lambda: app.worker.alive)
     time.sleep(0.5)
@@ -263,14 +265,14 @@ def test_missing_sidecar_of_a_done_job_is_rewritten_at_start(
     scan = inbox / "deed.jpg"
     scan.write_bytes(scan_bytes(["地契"]))
     config = make_config()
-    first = App(config, backend_factory=backend_factory)
+    first = build_service(config, backend_factory=backend_factory)
     first.start()
     wait_until(lambda: _sidecar(scan))
     first.stop()
     answer = _sidecar(scan)["answer"]  # type: ignore[index]
     scan.with_name("deed.jpg.json").unlink()
     scan.with_name("deed.jpg.xmp").unlink()
-    second = App(config, backend_factory=backend_factory)
+    second = build_service(config, backend_factory=backend_factory)
     second.start()
     wait_until(lambda: _sidecar(scan))
     second.stop()
@@ -284,7 +286,8 @@ def test_a_watch_folder_that_appears_later_is_picked_up(
     make_config, backend_factory, tmp_path, scan_bytes
 ) -> None:  # type: ignore[no-untyped-def]
     later = tmp_path / "mounted-later"
-    app = App(make_config(watches=[{"path": later, "rescan_seconds": 0.5}]), backend_factory=backend_factory)
+    config = make_config(watches=[{"path": later, "rescan_seconds": 0.5}])
+    app = build_service(config, backend_factory=backend_factory)
     app.start()
     time.sleep(0.5)
     later.mkdir()
@@ -297,12 +300,12 @@ def test_a_watch_folder_that_appears_later_is_picked_up(
 def test_a_changed_model_answers_again(make_config, backend_factory, inbox, scan_bytes) -> None:  # type: ignore[no-untyped-def]
     scan = inbox / "map.jpg"
     scan.write_bytes(scan_bytes(["老地图"]))
-    first = App(make_config(), backend_factory=backend_factory)
+    first = build_service(make_config(), backend_factory=backend_factory)
     first.start()
     wait_until(lambda: _sidecar(scan))
     first.stop()
     backend_factory.prepare = lambda backend: setattr(backend.inner, "model_version", "upgraded")
-    second = App(make_config(), backend_factory=backend_factory)
+    second = build_service(make_config(), backend_factory=backend_factory)
     second.start()
     os.utime(scan, (time.time() + 5, time.time() + 5))
     wait_until(lambda: _sidecar(scan)["model_version"] == "upgraded")  # type: ignore[index]

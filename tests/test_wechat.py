@@ -29,6 +29,7 @@ from pydantic import SecretStr
 from bots.wechat import WeChatBot, guess_lang
 from db.models import JobStatus
 from service.app import App
+from service.composition import build_service
 from tests.conftest import wait_until
 
 needs_wechaty = pytest.mark.skipif(
@@ -146,7 +147,7 @@ def test_photo_follow_up_and_group_mention_reach_the_spine(
     make_config: Callable[..., Any], backend_factory: Callable[..., Any], scan_bytes: Callable[..., bytes]
 ) -> None:
     config = make_config(watches=[])
-    app = App(config, backend_factory=backend_factory)
+    app = build_service(config, backend_factory=backend_factory)
     cache_dir = config.storage.data_dir / "wechaty"
     cache_dir.mkdir(parents=True)
     (cache_dir / "scan.jpg").write_bytes(scan_bytes(SCAN_LINES))
@@ -199,7 +200,7 @@ def test_gateway_down_never_stops_the_service(
 
     async def serve() -> tuple[WeChatBot, App, float]:
         # The service's own loop: wechaty's `loop.stop()` on a dead gateway must not be able to reach it.
-        app = App(config, backend_factory=backend_factory)
+        app = build_service(config, backend_factory=backend_factory)
         bot = next(source for source in app.sources if isinstance(source, WeChatBot))
         app.start()
         try:
@@ -316,7 +317,7 @@ def test_gateway_back_is_logged_recovered_once(
     # make_config copies without validating: the token must already be a SecretStr.
     wechat = {"enabled": True, "endpoint": f"127.0.0.1:{port}", "token": SecretStr("gateway-token")}
     config = make_config(watches=[], wechat={**wechat, "reconnect_max_seconds": 2.0})
-    app = App(config, backend_factory=backend_factory)
+    app = build_service(config, backend_factory=backend_factory)
     bot = next(source for source in app.sources if isinstance(source, WeChatBot))
     app.start()
     try:
@@ -338,7 +339,7 @@ def test_rejected_token_disables_the_adapter_and_says_so_once(
     port = unused_port()
     wechat = {"enabled": True, "endpoint": f"127.0.0.1:{port}", "token": SecretStr("revoked-token")}
     config = make_config(watches=[], wechat=wechat)
-    app = App(config, backend_factory=backend_factory)
+    app = build_service(config, backend_factory=backend_factory)
     bot = next(source for source in app.sources if isinstance(source, WeChatBot))
     with running_gateway(port, reject=True):
         app.start()
@@ -377,7 +378,7 @@ def test_cannot_start_logs_one_error_and_returns(
     if missing_library:
         monkeypatch.setitem(sys.modules, "wechaty", None)  # what `import wechaty` sees without the extra
     config = make_config(wechat={"enabled": True, **wechat})
-    app = App(config, backend_factory=backend_factory)
+    app = build_service(config, backend_factory=backend_factory)
     bot = next(source for source in app.sources if isinstance(source, WeChatBot))
     app.start()
     try:

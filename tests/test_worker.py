@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from db.models import JobStatus
-from service.app import App
+from service.composition import build_service
 from service.errors import OutOfMemoryError, TransientError
 from service.events import Event, Priority
 from service.images import sha256_file
@@ -41,7 +41,7 @@ def scans(tmp_path: Path, scan_bytes) -> list[Path]:  # type: ignore[no-untyped-
 
 
 def test_every_event_is_a_job_row_before_work_starts(make_config, backend_factory, scans) -> None:  # type: ignore[no-untyped-def]
-    app = App(make_config(watches=[]), backend_factory=backend_factory)
+    app = build_service(make_config(watches=[]), backend_factory=backend_factory)
     job = app.queue.submit(_event(scans[0]))
     stored = app.store.get(job.id)
     assert stored is not None and stored.status == JobStatus.QUEUED
@@ -57,7 +57,7 @@ def test_every_event_is_a_job_row_before_work_starts(make_config, backend_factor
 
 
 def test_interactive_jobs_go_before_the_folder_backlog(make_config, backend_factory, scans) -> None:  # type: ignore[no-untyped-def]
-    app = App(make_config(watches=[], model={"batch_size": 1}), backend_factory=backend_factory)
+    app = build_service(make_config(watches=[], model={"batch_size": 1}), backend_factory=backend_factory)
     order: list[str] = []
     app.queue.add_finished_listener(lambda job: order.append(job.source))
     for path in scans[:3]:
@@ -70,7 +70,7 @@ def test_interactive_jobs_go_before_the_folder_backlog(make_config, backend_fact
 
 
 def test_backlog_is_batched_and_interactive_jobs_stream(make_config, backend_factory, scans) -> None:  # type: ignore[no-untyped-def]
-    app = App(make_config(watches=[], model={"batch_size": 4}), backend_factory=backend_factory)
+    app = build_service(make_config(watches=[], model={"batch_size": 4}), backend_factory=backend_factory)
     jobs = [app.queue.submit(_event(path)) for path in scans]
     pieces: list[str] = []
     app.start()
@@ -88,7 +88,8 @@ def test_transient_failures_are_retried_with_backoff(make_config, backend_factor
     backend_factory.prepare = lambda b: b.failures.extend(
         [TransientError(msg("model_remote_down", reason="connection refused"))] * 2
     )
-    app = App(make_config(watches=[], queue={"retry_base_seconds": 0.2}), backend_factory=backend_factory)
+    config = make_config(watches=[], queue={"retry_base_seconds": 0.2})
+    app = build_service(config, backend_factory=backend_factory)
     job = app.queue.submit(_event(scans[0]))
     app.start()
     done = app.queue.result(job.uid).result(timeout=30)
@@ -103,7 +104,7 @@ def test_retries_run_out_with_a_clear_message(make_config, backend_factory, scan
         [TransientError(msg("model_remote_down", reason="connection refused"))] * 10
     )
     config = make_config(watches=[], queue={"retry_base_seconds": 0.05, "max_attempts": 3})
-    app = App(config, backend_factory=backend_factory)
+    app = build_service(config, backend_factory=backend_factory)
     job = app.queue.submit(_event(scans[0]))
     app.start()
     failed = app.queue.result(job.uid).result(timeout=30)
@@ -116,7 +117,7 @@ def test_retries_run_out_with_a_clear_message(make_config, backend_factory, scan
 def test_out_of_memory_shrinks_the_batch(make_config, backend_factory, scans) -> None:  # type: ignore[no-untyped-def]
     backend_factory.prepare = lambda b: b.failures.append(OutOfMemoryError(msg("model_oom")))
     config = make_config(watches=[], model={"batch_size": 4}, queue={"retry_base_seconds": 0.05})
-    app = App(config, backend_factory=backend_factory)
+    app = build_service(config, backend_factory=backend_factory)
     jobs = [app.queue.submit(_event(path)) for path in scans]
     app.start()
     results = [app.queue.result(job.uid).result(timeout=30) for job in jobs]
@@ -132,7 +133,7 @@ def test_bad_image_fails_at_once_and_the_worker_goes_on(
 ) -> None:  # type: ignore[no-untyped-def]
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(scans[0].read_bytes()[:200])
-    app = App(make_config(watches=[]), backend_factory=backend_factory)
+    app = build_service(make_config(watches=[]), backend_factory=backend_factory)
     bad = app.queue.submit(_event(broken))
     good = app.queue.submit(_event(scans[1]))
     app.start()
@@ -152,7 +153,7 @@ def test_a_crashing_backend_fails_the_job_and_is_restarted(make_config, backend_
             backend.failures.append(RuntimeError("CUDA error: device-side assert"))
 
     backend_factory.prepare = break_first_backend_only
-    app = App(make_config(watches=[]), backend_factory=backend_factory)
+    app = build_service(make_config(watches=[]), backend_factory=backend_factory)
     poison = app.queue.submit(_event(scans[0]))
     app.start()
     failed = app.queue.result(poison.uid).result(timeout=30)
@@ -167,14 +168,14 @@ def test_a_crashing_backend_fails_the_job_and_is_restarted(make_config, backend_
 
 def test_jobs_left_running_by_a_crash_are_requeued_at_start(make_config, backend_factory, scans) -> None:  # type: ignore[no-untyped-def]
     config = make_config(watches=[])
-    first = App(config, backend_factory=backend_factory)
+    first = build_service(config, backend_factory=backend_factory)
     job = first.queue.submit(_event(scans[0]))
     claimed = first.store.claim(1)
     assert [j.id for j in claimed] == [job.id]
     assert first.store.get(job.id).status == JobStatus.RUNNING  # type: ignore[union-attr]
     first.store.engine.dispose()  # the process "dies" here, without stopping
 
-    second = App(config, backend_factory=backend_factory)
+    second = build_service(config, backend_factory=backend_factory)
     assert second.store.get(job.id).status == JobStatus.QUEUED  # type: ignore[union-attr]
     second.start()
     done = second.queue.result(job.uid).result(timeout=30)
@@ -186,12 +187,12 @@ def test_shutdown_requeues_the_job_in_hand(make_config, backend_factory, scans, 
     monkeypatch.setattr("service.app.STOP_TIMEOUT_SECONDS", 0.2)
     backend_factory.prepare = lambda b: setattr(b, "delay", 1.5)
     config = make_config(watches=[])
-    app = App(config, backend_factory=backend_factory)
+    app = build_service(config, backend_factory=backend_factory)
     job = app.queue.submit(_event(scans[0]))
     app.start()
     wait_until(lambda: backend_factory.backends and backend_factory.backends[0].calls)
     app.stop()
-    again = App(config, backend_factory=backend_factory)
+    again = build_service(config, backend_factory=backend_factory)
     assert again.store.get(job.id).status == JobStatus.QUEUED  # type: ignore[union-attr]
     assert again.store.get(job.id).attempts == 0  # type: ignore[union-attr]
 
@@ -199,7 +200,7 @@ def test_shutdown_requeues_the_job_in_hand(make_config, backend_factory, scans, 
 def test_same_content_and_prompt_reuses_the_answer(make_config, backend_factory, scans, tmp_path) -> None:  # type: ignore[no-untyped-def]
     renamed = tmp_path / "renamed.jpg"
     renamed.write_bytes(scans[0].read_bytes())
-    app = App(make_config(watches=[]), backend_factory=backend_factory)
+    app = build_service(make_config(watches=[]), backend_factory=backend_factory)
     app.start()
     first = app.queue.result(app.queue.submit(_event(scans[0]), dedup=True).uid).result(timeout=30)
     second = app.queue.result(app.queue.submit(_event(renamed), dedup=True).uid).result(timeout=30)
@@ -215,7 +216,7 @@ def test_same_content_and_prompt_reuses_the_answer(make_config, backend_factory,
 def test_a_reused_answer_keeps_the_staff_correction(make_config, backend_factory, scans, tmp_path) -> None:  # type: ignore[no-untyped-def]
     copy = tmp_path / "copy.jpg"
     copy.write_bytes(scans[0].read_bytes())
-    app = App(make_config(watches=[]), backend_factory=backend_factory)
+    app = build_service(make_config(watches=[]), backend_factory=backend_factory)
     app.start()
     first = app.queue.result(app.queue.submit(_event(scans[0]), dedup=True).uid).result(timeout=30)
     app.store.set_review(first.id, "corrected", "民国时期的档案")

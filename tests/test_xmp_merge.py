@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from watchers.sidecars import SidecarRecord, write_json_sidecar, write_xmp_sidecar
-from watchers.xmp_merge import ABOUT, DESCRIPTION
+from service.sidecars.sidecar import SidecarRecord, write_json_sidecar, write_xmp_sidecar
+from service.sidecars.xmp_merge import ABOUT, DESCRIPTION
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
 

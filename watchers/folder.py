@@ -32,15 +32,15 @@ from service.jobs import Job, JobStatus
 from service.messages import msg
 from service.queue import JobQueue
 from service.retry import Backoff
-from service.supervisor import ComponentStatus, Supervisor
-from watchers.intake import SOURCE, FileIntake
-from watchers.output import (
+from service.sidecars.output import (
     append_to_catalogue,
     catalogue_key,
     catalogue_keys,
     remove_temporary_files,
     write_sidecars_for_job,
 )
+from service.supervisor import ComponentStatus, Supervisor
+from watchers.intake import SOURCE, FileIntake
 from watchers.scanning import FolderRules
 from watchers.stability import StabilityTracker
 

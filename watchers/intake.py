@@ -28,7 +28,7 @@ from service.images import sha256_file
 from service.jobs import FileSeen, Job, JobStatus
 from service.messages import Message, msg
 from service.queue import JobQueue, prompt_hash
-from watchers.output import move_sidecars, sidecar_stem, write_sidecars_for_job
+from service.sidecars.output import move_sidecars, sidecar_stem, write_sidecars_for_job
 
 log = logging.getLogger("tuwen.watch")
 

@@ -18,7 +18,7 @@ A page found turned is read a second time turned upright only when the first rea
 `RETRY_MIN_LINES`); an upright horizontal page is read once, with no probe and no second read. Every line
 keeps its box (in the image as given) and confidence, and low-confidence or dropped lines mark the page
 `needs_review`. `Answer.extra["ocr_pages"]` carries `OcrPage.to_dict()` per image for sidecars, ALTO
-(`service.alto`) and the review page.
+(`service.sidecars.alto`) and the review page.
 
 Usage counts: there is no prompt, so `prompt_tokens` is 0; `completion_tokens` is the number of *characters*
 of the answer text, since OCR has no tokens and characters are the closest honest measure. A request's

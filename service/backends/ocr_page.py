@@ -1,8 +1,8 @@
 """What the OCR engine returns for one image: text in reading order, every line's box and confidence.
 
 `OcrPage.to_dict()` is the plain-JSON form the backend puts in `Answer.extra["ocr_pages"]` and the sidecar
-keeps (`ocr_lines`); `service.alto` writes ALTO XML from the same dicts, so the sidecar alone is enough to
-write ALTO later.
+keeps (`ocr_lines`); `service.sidecars.alto` writes ALTO XML from the same dicts, so the sidecar alone is
+enough to write ALTO later.
 
 Coordinates: every box is in the pixels of the image *as given* (the scan as stored), whatever rotation was
 needed to read it; `rotation` says how far to turn that image clockwise to show the page upright.
@@ -79,7 +79,7 @@ class OcrPage:
     dropped: tuple[OcrLine, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-able form for `Answer.extra["ocr_pages"]`, sidecars and `service.alto`."""
+        """The JSON-able form for `Answer.extra["ocr_pages"]`, sidecars and `service.sidecars.alto`."""
         return {
             "text": self.text,
             "markdown": self.markdown,

@@ -1,8 +1,8 @@
-"""The FastAPI application: one router per concern, all bound to the running `App`.
+"""The FastAPI application: one router per concern, all given the same `HttpContext`.
 
 - `health`     GET /health (here: it must never depend on anything else working)
 - `metrics`    GET /metrics (Prometheus)
-- `openai_api` POST /v1/chat/completions, GET /v1/models
+- `openai_api` POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}
 - `history_api` /api/… JSON for history, review, export, thumbnails
 - `pages`      /, /kiosk, /feed and their static files; /api/feed/events (SSE)
 - `login`      /login, /logout (server-side sessions)
@@ -15,41 +15,29 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 
-from db.sessions import SessionStore
 from service import __version__
-from service.health import health_report
 from service.http import history_api, login, metrics, openai_api, pages, reports_api
-from service.http.auth import Auth, Scope, require
+from service.http.auth import Scope, require
 from service.http.context import HttpContext
 from service.http.errors import install_error_handlers
+from service.http.health import health_report
 from service.http.middleware import install_middleware
 
-if TYPE_CHECKING:
-    from service.app import App
 
-
-def create_http_app(app: App) -> FastAPI:
-    """Build the ASGI app bound to a running `App`."""
+def create_http_app(ctx: HttpContext) -> FastAPI:
+    """Build the ASGI app on the service's collaborators."""
     api = FastAPI(title="tuwen 图问", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
-    auth = Auth(
-        app.config.http.api_key.get_secret_value(),
-        SessionStore(app.store),
-        session_hours=app.config.http.session_hours,
-    )
-    install_middleware(api, app.config.http)
-    ctx = HttpContext(app=app, auth=auth)
+    install_middleware(api, ctx.config.http)
     ctx.metrics = metrics.Metrics(ctx)
     install_error_handlers(api)
 
     @api.get("/health")
     def health() -> JSONResponse:
         """200 when the worker, every source and the database work; 503 otherwise, with why. No key needed."""
-        status, body = health_report(app)
+        status, body = health_report(ctx)
         return JSONResponse(body, status_code=status)
 
     api.include_router(metrics.build_router(ctx))
@@ -58,10 +46,10 @@ def create_http_app(app: App) -> FastAPI:
     api.include_router(pages.build_router(ctx))
     api.include_router(login.build_router(ctx))
     api.include_router(reports_api.build_router(ctx))
-    for router in app.http_routers:  # adapters' callback routes (WeCom, Telegram webhook)
+    for router in ctx.routers:  # adapters' callback routes (WeCom, Telegram webhook)
         api.include_router(router)
 
-    @api.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require(auth, Scope.FULL))])
+    @api.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require(ctx.auth, Scope.FULL))])
     def openapi() -> JSONResponse:
         """The OpenAPI description of every route (FULL scope when a key is set)."""
         return JSONResponse(api.openapi(), headers=pages.PAGE_HEADERS)

@@ -10,7 +10,7 @@
 - `GET /api/config/feed` (FEED scope): the page's heading and how many items it keeps.
 
 Fan-out: the model worker thread finishes jobs, and it must never wait on a browser. One `FeedHub` per
-running `App` registers one finished-listener on its queue and hands each matching item to every connected
+running service registers one finished-listener on its queue and hands each matching item to every connected
 client with `loop.call_soon_threadsafe` into that client's bounded asyncio queue; a client too slow to keep
 up loses its oldest items, never blocks anyone.
 
@@ -31,7 +31,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
@@ -42,11 +42,8 @@ from service.config import FeedConfig
 from service.http.auth import Scope, require
 from service.http.context import HttpContext
 from service.http.errors import ApiError
-from service.http.thumbnails import thumbnail_bytes
 from service.messages import msg
-
-if TYPE_CHECKING:
-    from service.app import App
+from service.thumbnails import thumbnail_bytes
 
 log = logging.getLogger("tuwen.http.feed")
 
@@ -156,8 +153,8 @@ _HUBS: weakref.WeakKeyDictionary[Any, FeedHub] = weakref.WeakKeyDictionary()
 _HUBS_LOCK = threading.Lock()
 
 
-def hub_for(app: App) -> FeedHub:
-    """The feed hub of a running App, created (and registered with its queue) on first use."""
+def hub_for(app: HttpContext) -> FeedHub:
+    """The feed hub of a running service, created (and registered with its queue) on first use."""
     with _HUBS_LOCK:
         hub = _HUBS.get(app.queue)
         if hub is None:
@@ -167,7 +164,7 @@ def hub_for(app: App) -> FeedHub:
         return hub
 
 
-def close_feeds(app: App) -> None:
+def close_feeds(app: HttpContext) -> None:
     """End every open feed stream of `app` now: call before stopping the HTTP server."""
     with _HUBS_LOCK:
         hub = _HUBS.get(app.queue)
@@ -192,7 +189,7 @@ def feed_item(job: Job) -> dict[str, Any]:
     }
 
 
-def recent_items(app: App, hub: FeedHub) -> list[dict[str, Any]]:
+def recent_items(app: HttpContext, hub: FeedHub) -> list[dict[str, Any]]:
     """The newest `[feed] limit` matching done jobs, oldest first."""
     query = (
         select(Job)
@@ -225,7 +222,7 @@ def _server_draining(request: Request, keep_alive_at_start: bool | None) -> bool
     return keep_alive_at_start is True and _keep_alive_flag(request) is False
 
 
-async def event_stream(request: Request, app: App, hub: FeedHub) -> AsyncIterator[str]:
+async def event_stream(request: Request, app: HttpContext, hub: FeedHub) -> AsyncIterator[str]:
     """The SSE body: recent items, then live ones and keep-alives until told to stop."""
     client = hub.subscribe()  # before reading the recent items, so nothing finishing meanwhile is missed
     keep_alive_at_start = _keep_alive_flag(request)
@@ -255,8 +252,8 @@ async def event_stream(request: Request, app: App, hub: FeedHub) -> AsyncIterato
 def build_router(ctx: HttpContext) -> APIRouter:
     """`/api/feed/events`, `/api/feed/thumbnail/{id}` and `/api/config/feed`."""
     router = APIRouter()
-    app = ctx.app
-    hub = hub_for(app)
+    app = ctx
+    hub = ctx.feed = hub_for(ctx)
     feed_scope = Depends(require(ctx.auth, Scope.FEED))
 
     @router.get("/api/feed/events", dependencies=[feed_scope])

@@ -3,7 +3,7 @@
 - GET  /api/jobs                  search + filters + paging (db.history.search_jobs)
 - GET  /api/jobs/export.csv       the filtered set as an Excel-friendly CSV (UTF-8 with BOM, CRLF)
 - GET  /api/jobs/{id}             one job, with its conversation history
-- GET  /api/jobs/{id}/thumbnail   JPEG, long edge <= 256 px (service.http.thumbnails)
+- GET  /api/jobs/{id}/thumbnail   JPEG, long edge <= 256 px (service.thumbnails)
 - POST /api/jobs/{id}/review      a verdict (and correction); folder jobs get their sidecars rewritten
 - POST /api/review/sample         random unreviewed done jobs
 - GET  /api/review/stats          accuracy of reviewed answers with a Wilson 95 % interval
@@ -45,8 +45,8 @@ from service.csvcells import spreadsheet_cell
 from service.http.auth import Scope, require
 from service.http.context import HttpContext
 from service.http.errors import ApiError
-from service.http.thumbnails import thumbnail_bytes
 from service.messages import msg
+from service.thumbnails import thumbnail_bytes
 
 MAX_CORRECTION_CHARS = 20_000
 MAX_SAMPLE = 200
@@ -65,8 +65,6 @@ CSV_COLUMNS = (
     "correction",
 )
 _BOM = "\ufeff"
-# The OWASP "CSV injection" defence, as in watchers/catalogue.py (service/ may not import watchers/):
-# cells Excel would run as formulas get a leading apostrophe; characters it cannot show are dropped.
 _EXPORT_BATCH_ROWS = 200
 
 
@@ -135,7 +133,7 @@ def job_filter_params(
 def build_router(ctx: HttpContext) -> APIRouter:
     """The history and review routes, bound to the running service."""
     router = APIRouter(dependencies=[Depends(require(ctx.auth, Scope.FULL))])
-    store = ctx.app.store
+    store = ctx.store
 
     def get_job(job_id: int) -> Job:
         job = store.get(job_id)
@@ -186,7 +184,7 @@ def build_router(ctx: HttpContext) -> APIRouter:
     def job_thumbnail(job_id: int) -> Response:
         """A small JPEG of the job's first image; 404 when the image is gone or undecodable."""
         job = get_job(job_id)
-        data = thumbnail_bytes(job, ctx.app.config.storage.data_dir, ctx.app.config.images)
+        data = thumbnail_bytes(job, ctx.config.storage.data_dir, ctx.config.images)
         if data is None:
             raise ApiError(404, msg("api_not_found", what=f"thumbnail of job {job_id}"))
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
@@ -207,7 +205,7 @@ def build_router(ctx: HttpContext) -> APIRouter:
             raise _review_error(exc, store.get(job_id)) from exc
         if job is None:
             raise ApiError(404, msg("api_not_found", what=f"job {job_id}"))
-        ctx.app.queue.updated(job)
+        ctx.queue.updated(job)
         return job_summary(job)
 
     @router.post("/api/review/sample")

@@ -135,9 +135,9 @@ class Metrics:
             registry=registry,
         )
         python = ".".join(str(part) for part in sys.version_info[:3])
-        build.labels(__version__, ctx.app.config.model.backend, python).set(1)
+        build.labels(__version__, ctx.config.model.backend, python).set(1)
         registry.register(_ScrapeTimeCollector(ctx))
-        ctx.app.queue.add_finished_listener(self.job_finished)
+        ctx.queue.add_finished_listener(self.job_finished)
 
     def request(self, source: str, status: int) -> None:
         """Count one API call with its final HTTP status."""
@@ -204,7 +204,7 @@ class _ScrapeTimeCollector(Collector):
         return []
 
     def collect(self) -> Iterable[Any]:
-        app = self.ctx.app
+        app = self.ctx
         depth = GaugeMetricFamily("tuwen_queue_depth", "Queued jobs by priority", labels=["priority"])
         counts = app.store.queue_depth()
         for priority in Priority:

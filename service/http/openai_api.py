@@ -53,9 +53,9 @@ from service.http.chat_shapes import (
 )
 from service.http.context import HttpContext
 from service.http.errors import ApiError
-from service.http.uploads import ImageRejected, check_decodes, save_image
 from service.messages import Message, msg
 from service.queue import QueueFull, WorkerUnavailable
+from service.uploads import ImageRejected, check_decodes, save_image
 
 log = logging.getLogger("tuwen.http.api")
 
@@ -98,7 +98,7 @@ class ChatApi:
 
     def __init__(self, ctx: HttpContext) -> None:
         self.ctx = ctx
-        self.app = ctx.app
+        self.app = ctx  # config, store, queue, worker
         self.metrics = ctx.metrics
 
     def source_of(self, request: Request) -> str:

@@ -90,7 +90,7 @@ def build_router(ctx: HttpContext) -> APIRouter:
     """The pages, their static files and the small JSON they need; includes the feed's router."""
     router = APIRouter()
     auth = ctx.auth
-    config = ctx.app.config
+    config = ctx.config
 
     def csrf_attrs(request: Request) -> dict[str, str]:
         session = auth.session_of(request) if auth.enabled else None

@@ -99,8 +99,7 @@ def list_reports(root: Path, limit: int = MAX_LISTED) -> list[dict[str, Any]]:
 def build_router(ctx: HttpContext) -> APIRouter:
     """The reports listing and file routes, bound to the running service."""
     router = APIRouter(dependencies=[Depends(require(ctx.auth, Scope.FULL))])
-    app = ctx.app
-    root = app.config.storage.data_dir / REPORTS_DIR
+    root = ctx.config.storage.data_dir / REPORTS_DIR
 
     @router.get("/api/reports")
     def reports(limit: int = MAX_LISTED) -> dict[str, Any]:
@@ -135,10 +134,10 @@ def build_router(ctx: HttpContext) -> APIRouter:
 
 def _schedules(ctx: HttpContext) -> list[dict[str, Any]]:
     """Each `[[report]]` with its schedule, its next run (while the scheduler runs) and its last run."""
-    scheduler = ctx.app.reports
+    scheduler = ctx.reports
     next_runs = scheduler.next_run_times() if scheduler is not None else {}
     schedules = []
-    for report in ctx.app.config.report:
+    for report in ctx.config.report:
         runs = scheduler.state.get(report.name).get("runs", []) if scheduler is not None else []
         upcoming = next_runs.get(report.name)
         tz = ZoneInfo(report.timezone)

@@ -17,8 +17,8 @@ from sqlalchemy import ColumnElement, func, select
 from db.models import Job, JobStatus, ReviewStatus
 from db.store import Store
 from service.config import ImagesConfig
-from service.http.thumbnails import thumbnail_bytes
 from service.messages import all_codes, msg
+from service.thumbnails import thumbnail_bytes
 
 MAX_ITEMS = 200
 MAX_CORRECTIONS = 50

@@ -9,8 +9,7 @@ a person on the share, the chat delivery) never sees half a file, and a crash le
 
 The CSV lists every job of the period and scope, done, failed and unfinished, one row each, however many:
 it is streamed from the database in batches, never held in memory. It is UTF-8 with a BOM and CRLF rows for
-Excel, with formula-safe cells: the rule is `service.http.history_api`'s copy of `watchers/catalogue.py`'s
-(service/ may not import watchers/: dependencies point inward), reused rather than written a third time.
+Excel, with formula-safe cells (`service.csvcells`, the one rule every CSV of tuwen follows).
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ from pathlib import Path
 from service.config import WatchConfig
 from service.files import NAME_MAX, display_path
 from service.jobs import Job, JobStatus, ReviewStatus
-from watchers.catalogue import CATALOGUE_NAME, CatalogueRow, append_catalogue_row, read_catalogue
-from watchers.sidecars import TMP_SUFFIX, SidecarRecord, write_json_sidecar, write_xmp_sidecar
+from service.sidecars.catalogue import CATALOGUE_NAME, CatalogueRow, append_catalogue_row, read_catalogue
+from service.sidecars.sidecar import TMP_SUFFIX, SidecarRecord, write_json_sidecar, write_xmp_sidecar
 
 log = logging.getLogger("tuwen.watch.output")
 

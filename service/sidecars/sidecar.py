@@ -1,7 +1,7 @@
 """Sidecars next to a scan: `NAME.EXT.json` (everything we know) and `NAME.EXT.xmp` (for photo tools).
 
 - The XMP file is *shared* (digiKam, darktable, Immich and photographers write the same `NAME.EXT.xmp`), so
-  we merge (watchers/xmp_merge.py has the rules): tuwen rewrites only its own `tuwen:` namespace, and the
+  we merge (`xmp_merge` has the rules): tuwen rewrites only its own `tuwen:` namespace, and the
   caption and keywords only where they are still what tuwen wrote (recorded by hash and by list); a
   person's caption, keywords, rating, title and every other element, attribute, prefix and comment stay.
 - Hostile XML: any DOCTYPE is refused before expat reads its internal subset, so no entity can be declared,
@@ -30,7 +30,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from service import __version__
-from watchers.xmp_merge import (
+from service.sidecars.xmp_merge import (
     DC_DESCRIPTION,
     LI,
     RDF,
@@ -114,7 +114,7 @@ class SidecarRecord:
     def description(self) -> str:
         """The caption tuwen offers photo tools: the staff correction, else the answer ("" for no OCR text).
 
-        Whether it reaches `dc:description` depends on what is there already (watchers/xmp_merge.py).
+        Whether it reaches `dc:description` depends on what is there already (service/sidecars/xmp_merge.py).
         """
         if self.corrected:
             return self.correction or ""
@@ -154,7 +154,7 @@ def write_xmp_sidecar(path: Path, record: SidecarRecord) -> None:
     """Merge `record` (a done record) into the XMP sidecar at `path`, atomically.
 
     tuwen's namespace is rewritten; the caption and keywords only where they are still what tuwen wrote, so
-    a person's caption, keywords and everything else in an existing file are kept (watchers/xmp_merge.py).
+    a person's caption, keywords and everything else in an existing file are kept (`xmp_merge`).
     An existing file that is not usable XMP is kept as a `.bak-<timestamp>` copy and a fresh packet written.
     """
     if record.status != "done":

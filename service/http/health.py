@@ -9,31 +9,13 @@ stopped watcher (the worst kind of failure for staff: nothing tells them).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
-from db.store import Store
 from service import __version__
-from service.config import Config
-from service.supervisor import ComponentStatus
-
-if TYPE_CHECKING:
-    from service.worker import ModelWorker
+from service.http.context import HttpContext
 
 
-class HealthSource(Protocol):
-    """What the health report reads (the running App provides it)."""
-
-    config: Config
-    store: Store
-    started_at: float
-    worker: ModelWorker
-
-    def components(self) -> list[ComponentStatus]:
-        """The worker's and every source's state."""
-        ...
-
-
-def health_report(app: HealthSource) -> tuple[int, dict[str, Any]]:
+def health_report(app: HttpContext) -> tuple[int, dict[str, Any]]:
     """(HTTP status, body) for `GET /health`."""
     worker = app.worker
     components = app.components()

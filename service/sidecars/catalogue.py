@@ -28,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 
 from service.csvcells import spreadsheet_cell
-from watchers.sidecars import SidecarRecord, clean_xml_text
+from service.sidecars.sidecar import SidecarRecord, clean_xml_text
 
 logger = logging.getLogger(__name__)
 
