@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from bots.split import split_message, utf16_length
-from db.models import Job, JobStatus
 from service.config import BotConfig, Config
 from service.errors import StorageUnavailable
 from service.events import ChatTurn, Event, Priority
+from service.jobs import Job, JobStatus
 from service.messages import Message, msg
 from service.queue import JobQueue, QueueFull, WorkerUnavailable
 from service.uploads import store_upload

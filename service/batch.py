@@ -25,8 +25,8 @@ from service.files import display_path
 from service.images import sha256_file
 from service.messages import msg
 from service.oneshot import OneShot, RunAborted
+from service.patterns import compile_patterns
 from service.queue import prompt_hash
-from watchers.scanning import compile_patterns
 
 
 def collect_files(folder: Path, ignores: Iterable[str], recursive: bool = True) -> list[Path]:

@@ -10,25 +10,18 @@
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
-import re
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from service.config import WatchConfig
 from service.files import display_path
+from service.patterns import compile_patterns
 
 log = logging.getLogger("tuwen.watch")
-
-
-def compile_patterns(patterns: Iterable[str]) -> re.Pattern[str]:
-    """One regular expression matching any of the shell-style `patterns` (never matches when empty)."""
-    translated = [fnmatch.translate(p) for p in patterns]
-    return re.compile("|".join(f"(?:{t})" for t in translated) if translated else r"(?!x)x")
 
 
 @dataclass(frozen=True)
