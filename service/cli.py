@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from service import __version__
+from service.backup import backup_command
 from service.config import DEFAULT_IGNORE, DEFAULT_PROMPT, Config, load_config
 from service.errors import ConfigError
+from service.healthcheck import health_command
 from service.logs import setup_logging
 from service.messages import msg
 
@@ -58,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         "jobs": _jobs,
         "links": _links,
         "report": _report,
+        "backup": backup_command,
+        "health": health_command,
     }
     handler = handlers[args.command]
     try:
@@ -106,6 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--since", metavar="YYYY-MM-DD", help="first local day (inclusive)")
     report.add_argument("--until", metavar="YYYY-MM-DD", help="last local day (inclusive: the whole day)")
     report.add_argument("--out", metavar="DIR", help="write here instead of data_dir/reports/NAME/DATE")
+    backup = sub.add_parser("backup", parents=[common], help="copy the database safely, even while serving")
+    backup.add_argument("dest", help="a file, or a folder for a time-stamped tuwen-*.sqlite3")
+    sub.add_parser("health", parents=[common], help="ask the running service's /health; exit 0 if healthy")
     return parser
 
 

@@ -333,6 +333,41 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
         "完成 {done}，失败 {failed}，共 {total}",
         "done {done}, failed {failed}, of {total}",
     ),
+    # tuwen backup / tuwen health
+    "backup_written": (
+        "已备份到 {path}（已通过完整性检查）",
+        "backed up to {path} (integrity check passed)",
+    ),
+    "backup_no_database": (
+        "没有找到数据库 {path}：请检查 [storage] data_dir（服务第一次启动时才会创建数据库）",
+        "no database at {path}: check [storage] data_dir (the database is created when the service first starts)",
+    ),
+    "backup_dest_unwritable": (
+        "无法写入备份 {path}：{reason}。请确认该文件夹存在且可写，并且磁盘有空间",
+        "cannot write the backup {path}: {reason}. Check that the folder exists and is writable, and that the disk has room",
+    ),
+    "backup_same_file": (
+        "备份目标就是数据库本身（{path}）：请另选一个文件或文件夹",
+        "the backup destination is the database itself ({path}): choose another file or folder",
+    ),
+    "backup_failed": (
+        "备份失败：{reason}。没有留下不完整的副本，请稍后重试",
+        "backup failed: {reason}. No partial copy was left; try again later",
+    ),
+    "backup_integrity_failed": (
+        "备份副本未通过 SQLite 完整性检查（{reason}），已删除。数据库本身可能已损坏：请保留以前的备份",
+        "the copy failed SQLite's integrity check ({reason}) and was removed. The database itself may be damaged: keep your earlier backups",
+    ),
+    "health_ok": ("服务正常：{url}", "healthy: {url}"),
+    "health_unhealthy": ("服务异常（HTTP {status}）：{reason}", "unhealthy (HTTP {status}): {reason}"),
+    "health_unreachable": (
+        "无法连接 {url}：{reason}（服务是否在运行，端口是否一致？）",
+        "cannot reach {url}: {reason} (is the service running, on this port?)",
+    ),
+    "health_http_disabled": (
+        "[http] enabled = false：没有可检查的 /health",
+        "[http] enabled = false: there is no /health to check",
+    ),
     "http_bind_failed": (
         "无法在 {host}:{port} 启动网页服务：{reason}。该端口可能已被其他程序（或另一个 tuwen）占用：请停止它，或修改 [http] port",
         "cannot start the web server on {host}:{port}: {reason}. Another program (or another tuwen) may be using the port: stop it, or change [http] port",
