@@ -17,19 +17,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, or_, select, text, update
+from sqlalchemy import Engine, create_engine, event, func, or_, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.faults import storage_fault
 from db.models import Job, JobStatus, ReviewStatus, utcnow
-from service.errors import StorageUnavailable
-from service.messages import Message, msg
+from db.reads import MAX_ROW_ID, JobReads
+from service.messages import msg
 from service.retry import Availability
 
 log = logging.getLogger("tuwen.db")
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-MAX_ROW_ID = 2**63 - 1
 
 
 class ReviewRejected(ValueError):
@@ -40,7 +40,7 @@ class ReviewRejected(ValueError):
         self.reason = reason
 
 
-class Store:
+class Store(JobReads):
     """All reads and writes of the job history."""
 
     def __init__(self, db_path: Path) -> None:
@@ -231,16 +231,6 @@ class Store:
             rows = session.execute(select(Job.id, Job.node).where(Job.status == JobStatus.RUNNING)).all()
             return [(int(job_id), node) for job_id, node in rows]
 
-    def requeue_stale_running(self) -> int:
-        """At start-up: jobs left `running` by a crash or power cut go back to the queue."""
-        with self._write() as session:
-            result = session.execute(
-                update(Job)
-                .where(Job.status == JobStatus.RUNNING)
-                .values(status=JobStatus.QUEUED, started_at=None)
-            )
-            return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
     def retry_failed(self, job_ids: Sequence[int] | None = None) -> int:
         """Queue failed jobs again (all, or the given ids) with a fresh attempt count."""
         with self._write() as session:
@@ -280,200 +270,10 @@ class Store:
             job.reviewed_at = None if verdict == ReviewStatus.UNREVIEWED else utcnow()
             return job
 
-    # -- reads -------------------------------------------------------------------------------------
-
-    def get(self, job_id: int) -> Job | None:
-        """One job by id (None for ids no row can have: SQLite integers are 64-bit)."""
-        if not 0 < job_id <= MAX_ROW_ID:
-            return None
-        with self._read() as session:
-            return session.get(Job, job_id)
-
-    def get_by_uid(self, uid: str) -> Job | None:
-        """One job by its public uid."""
-        with self._read() as session:
-            return session.scalars(select(Job).where(Job.uid == uid)).first()
-
-    def jobs_by_uids(self, uids: Sequence[str]) -> list[Job]:
-        """Several jobs by uid, in id order."""
-        with self._read() as session:
-            return list(session.scalars(select(Job).where(Job.uid.in_(list(uids))).order_by(Job.id)))
-
-    def find_answer_for_content(
-        self, sha256: str, prompt_hash: str, model: str, model_version: str
-    ) -> Job | None:
-        """A done job for the same content, prompt and model: its answer can be reused."""
-        with self._read() as session:
-            return session.scalars(
-                select(Job)
-                .where(
-                    Job.sha256 == sha256,
-                    Job.prompt_hash == prompt_hash,
-                    Job.model == model,
-                    Job.model_version == model_version,
-                    Job.status == JobStatus.DONE,
-                )
-                # A staff-reviewed answer is the better one to reuse; otherwise the newest.
-                .order_by((Job.review_status == "unreviewed").asc(), Job.id.desc())
-                .limit(1)
-            ).first()
-
-    def has_file_state(self, file_path: str, size: int, mtime: float) -> bool:
-        """Whether a job already exists for this exact path, size and mtime (a file we have seen)."""
-        with self._read() as session:
-            found = session.scalar(
-                select(Job.id)
-                .where(Job.file_path == file_path, Job.file_size == size, Job.file_mtime == mtime)
-                .limit(1)
-            )
-            return found is not None
-
-    def latest_job_for_file(self, file_path: str, size: int, mtime: float, prompt_hash: str) -> Job | None:
-        """The newest job for this exact file state and prompt (a resumed `tuwen batch`)."""
-        with self._read() as session:
-            return session.scalars(
-                select(Job)
-                .where(
-                    Job.file_path == file_path,
-                    Job.file_size == size,
-                    Job.file_mtime == mtime,
-                    Job.prompt_hash == prompt_hash,
-                )
-                .order_by(Job.id.desc())
-                .limit(1)
-            ).first()
-
-    def active_job_for_file(self, file_path: str, sha256: str) -> Job | None:
-        """A queued or running job for this path and content (so a stray event does not queue it twice)."""
-        with self._read() as session:
-            return session.scalars(
-                select(Job).where(
-                    Job.file_path == file_path,
-                    Job.sha256 == sha256,
-                    Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
-                )
-            ).first()
-
-    def finished_jobs_for_source(self, source: str, source_ref: str) -> list[Job]:
-        """The newest finished job per file for one source instance (sidecar repair at start)."""
-        with self._read() as session:
-            newest = (
-                select(func.max(Job.id))
-                .where(
-                    Job.source == source,
-                    Job.source_ref == source_ref,
-                    Job.status.in_([JobStatus.DONE, JobStatus.FAILED]),
-                    Job.file_path.is_not(None),
-                )
-                .group_by(Job.file_path)
-            )
-            return list(session.scalars(select(Job).where(Job.id.in_(newest)).order_by(Job.id)))
-
-    def latest_finished_job_for_file(self, source: str, source_ref: str, file_path: str) -> Job | None:
-        """The newest done or failed job of one source instance for a file (the one its sidecars show)."""
-        with self._read() as session:
-            return session.scalars(
-                select(Job)
-                .where(
-                    Job.source == source,
-                    Job.source_ref == source_ref,
-                    Job.file_path == file_path,
-                    Job.status.in_([JobStatus.DONE, JobStatus.FAILED]),
-                )
-                .order_by(Job.id.desc())
-                .limit(1)
-            ).first()
-
-    def uncatalogued_jobs(self, source: str, source_ref: str, limit: int = 10_000) -> list[Job]:
-        """Finished jobs of one source instance whose catalogue row was never written, oldest first."""
-        with self._read() as session:
-            return list(
-                session.scalars(
-                    select(Job)
-                    .where(
-                        Job.source == source,
-                        Job.source_ref == source_ref,
-                        Job.status.in_([JobStatus.DONE, JobStatus.FAILED]),
-                        Job.catalogued == 0,
-                        Job.file_path.is_not(None),
-                    )
-                    .order_by(Job.id)
-                    .limit(limit)
-                )
-            )
-
     def mark_catalogued(self, job_id: int) -> None:
         """Record that the job's catalogue row is on disk."""
         with self._write() as session:
             session.execute(update(Job).where(Job.id == job_id).values(catalogued=1))
-
-    def list_jobs(self, status: str | None = None, limit: int = 50, source: str | None = None) -> list[Job]:
-        """Newest jobs first, optionally filtered."""
-        with self._read() as session:
-            query = select(Job).order_by(Job.id.desc()).limit(limit)
-            if status:
-                query = query.where(Job.status == status)
-            if source:
-                query = query.where(Job.source == source)
-            return list(session.scalars(query))
-
-    def queue_depth(self) -> dict[int, int]:
-        """Queued jobs per priority."""
-        with self._read() as session:
-            rows = session.execute(
-                select(Job.priority, func.count())
-                .where(Job.status == JobStatus.QUEUED)
-                .group_by(Job.priority)
-            ).all()
-            return {int(priority): int(count) for priority, count in rows}
-
-    def status_counts(self) -> dict[str, int]:
-        """Jobs per status."""
-        with self._read() as session:
-            rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
-            return {str(status): int(count) for status, count in rows}
-
-    def next_due_time(self) -> datetime | None:
-        """When the earliest deferred retry becomes due (so the worker can sleep until then)."""
-        with self._read() as session:
-            return session.scalar(select(func.min(Job.next_attempt_at)).where(Job.status == JobStatus.QUEUED))
-
-    def integrity_check(self) -> str:
-        """SQLite's own integrity check ('ok' when healthy)."""
-        with self.engine.connect() as conn:
-            return str(conn.execute(text("PRAGMA integrity_check")).scalar())
-
-
-# SQLite's own words for the faults a running service should wait out (sqlite3 error messages and codes).
-_FAULTS: tuple[tuple[str, str], ...] = (
-    ("database or disk is full", "disk_full"),
-    ("no space left", "disk_full"),
-    ("readonly database", "read_only"),
-    ("read-only file system", "read_only"),
-    ("database is locked", "busy"),
-    ("database table is locked", "busy"),
-    ("disk i/o error", "io"),
-    ("unable to open database file", "io"),
-)
-
-
-def storage_fault(exc: BaseException, path: Path) -> StorageUnavailable | None:
-    """The transient storage fault behind `exc` (disk full, read-only, locked, I/O), or None."""
-    text_ = str(getattr(exc, "orig", None) or exc).lower()
-    errno_ = getattr(getattr(exc, "orig", exc), "errno", None)
-    kind = next((kind for needle, kind in _FAULTS if needle in text_), None)
-    if kind is None and errno_ == 28:  # ENOSPC
-        kind = "disk_full"
-    if kind is None and errno_ == 30:  # EROFS
-        kind = "read_only"
-    if kind is None:
-        return None
-    message: Message
-    if kind == "io":
-        message = msg("storage_io", path=path, reason=text_.strip()[:200])
-    else:
-        message = msg(f"storage_{kind}", path=path)
-    return StorageUnavailable(message, kind)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -16,7 +16,8 @@ from typing import Any
 
 from service import __version__
 from service.backup import backup_command
-from service.config import DEFAULT_IGNORE, DEFAULT_PROMPT, Config, load_config
+from service.config import DEFAULT_IGNORE, DEFAULT_PROMPT, Config
+from service.config_load import load_config
 from service.errors import ConfigError
 from service.healthcheck import health_command
 from service.logs import setup_logging

@@ -56,7 +56,7 @@ def open_store(config: Config) -> Store:
         lowered = reason.lower()
         if any(needle in lowered for needle in _CORRUPT):
             raise StartupError(msg("db_corrupt", path=path, reason=reason)) from exc
-        from db.store import storage_fault
+        from db.faults import storage_fault
 
         fault = storage_fault(exc, path)
         raise _startup_error(fault.kind if fault else "io", path, reason) from exc

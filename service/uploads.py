@@ -33,7 +33,7 @@ from urllib.parse import urljoin
 
 import httpx
 
-from db.store import storage_fault
+from db.faults import storage_fault
 from service import formats
 from service.config import Config, ImagesConfig
 from service.errors import PermanentError

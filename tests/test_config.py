@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from service.config import Config, load_config
+from service.config import Config
+from service.config_load import load_config
 from service.errors import ConfigError
 from service.messages import all_codes, msg
 

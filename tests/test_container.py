@@ -27,7 +27,8 @@ import httpx
 import pytest
 import yaml
 
-from service.config import Config, load_config
+from service.config import Config
+from service.config_load import load_config
 from tests.conftest import wait_until
 
 REPO = Path(__file__).resolve().parent.parent

@@ -45,7 +45,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from db.store import Store
-from service.config import Config, ReportConfig, cron_trigger
+from service.config import Config, ReportConfig
+from service.cron import cron_trigger
 from service.messages import msg
 from service.reports.delivery import Deliverer, DeliveryResult, ReportFilesLike
 from service.sources import Notifier
@@ -73,7 +74,7 @@ PeriodBounds = Callable[[ReportConfig, datetime], tuple[datetime, datetime]]
 def build_trigger(report: ReportConfig) -> CronTrigger:
     """The report's cron schedule, in its own timezone (validated when the config was loaded).
 
-    Through `service.config.cron_trigger`, not `CronTrigger.from_crontab`: weekday 1 is Monday, as in crontab.
+    Through `service.cron.cron_trigger`, not `CronTrigger.from_crontab`: weekday 1 is Monday, as in crontab.
     """
     return cron_trigger(report.schedule, report.timezone)
 
