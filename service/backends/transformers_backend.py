@@ -13,10 +13,8 @@ client cannot ask a 12 GB card for 32k tokens.
 from __future__ import annotations
 
 import gc
-import hashlib
 import importlib.util
 import logging
-import re
 import threading
 import time
 from collections.abc import Sequence
@@ -26,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from service.backends.base import Answer, OnText, Request, single_image_request
+from service.backends.glm_parts import image_only_processor, model_version_of, until_set
 from service.config import Config
 from service.errors import OutOfMemoryError, PermanentError, TuwenError
 from service.messages import msg
@@ -43,57 +42,9 @@ vision_log = logging.getLogger("tuwen.vision")
 QUANT_SKIP_MODULES = ["model.visual", "lm_head"]
 
 
-def model_version_of(path: str, commit_hash: str | None = None) -> str:
-    """A short stable id for the weights at `path`.
-
-    A hub-cache snapshot gives its commit (a hub id gives `commit_hash`, known once loaded); any other local
-    folder gives 12 hex digits of a hash over config.json and the weight files' names and sizes (hashing
-    gigabytes of weights at every start would cost minutes).
-    """
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        return commit_hash[:12] if commit_hash else "unresolved"
-    if folder.parent.name == "snapshots" and re.fullmatch(r"[0-9a-f]{40}", folder.name):
-        return folder.name[:12]
-    digest = hashlib.sha256(config.read_bytes() if (config := folder / "config.json").is_file() else b"")
-    for weights in sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")]):
-        digest.update(f"{weights.name}:{weights.stat().st_size}\n".encode())
-    return digest.hexdigest()[:12]
-
-
 def _summary(exc: BaseException) -> str:
     """An exception as one short line (transformers' messages span several)."""
     return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-
-
-def _image_only_processor(path: str, local: bool) -> Any:
-    """GLM-4V's processor without its torchvision-only video processor (images are all we send)."""
-    import transformers
-    from transformers import AutoTokenizer, Glm4vImageProcessorPil, Glm4vProcessor
-
-    class ImageOnlyGlm4vProcessor(Glm4vProcessor):
-        # ProcessorMixin takes its sub-processors from this signature, so dropping `video_processor` here is
-        # what lets the processor exist without torchvision; Glm4vProcessor's token expansion is unchanged.
-        def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None):
-            super().__init__(image_processor, tokenizer, None, chat_template=chat_template)
-
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
-    declared, _ = Glm4vImageProcessorPil.get_image_processor_dict(path, local_files_only=local)
-    pil_class = getattr(transformers, f"{declared.get('image_processor_type')}Pil", Glm4vImageProcessorPil)
-    image_processor = pil_class.from_pretrained(path, local_files_only=local)
-    return ImageOnlyGlm4vProcessor(image_processor, tokenizer, chat_template=tokenizer.chat_template)
-
-
-def _until(event: threading.Event) -> Any:
-    """Stopping criteria that end generation once `event` is set."""
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    class UntilEvent(StoppingCriteria):
-        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-            return torch.full((len(input_ids),), event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-    return StoppingCriteriaList([UntilEvent()])
 
 
 class TransformersBackend:
@@ -111,6 +62,8 @@ class TransformersBackend:
         self._model: Any = None
         self._processor: Any = None
         self._stop_ids: set[int] = set()
+        # Set by `cancel()`: every generate() stops at its next token (a stuck job the watchdog gave up on).
+        self._cancel = threading.Event()
 
     def _load_failed(self, reason: object) -> PermanentError:
         return PermanentError(msg("model_load_failed", path=self.model_id, reason=reason))
@@ -213,7 +166,7 @@ class TransformersBackend:
         except Exception as exc:
             vision_log.info("AutoProcessor unavailable (%s); using the image-only processor", _summary(exc))
         self.image_only_processor = True
-        return _image_only_processor(path, local)
+        return image_only_processor(path, local)
 
     def _warm_up(self) -> None:
         started = time.monotonic()
@@ -240,7 +193,8 @@ class TransformersBackend:
 
         def generate() -> None:
             try:
-                outcome["answers"] = self._run([request], streamer=streamer, stopping_criteria=_until(cancel))
+                stop = until_set(cancel, self._cancel)
+                outcome["answers"] = self._run([request], streamer=streamer, stopping_criteria=stop)
             except BaseException as exc:  # handed to the caller's thread below
                 outcome["error"] = exc
                 streamer.end()  # unblock the reader; generate() never reached its own end()
@@ -278,6 +232,10 @@ class TransformersBackend:
         finally:
             self._release_cuda_cache()
         return [answers[i] for i in range(len(requests))]
+
+    def cancel(self) -> None:
+        """End the generation in hand at its next token (the worker's watchdog, for a stuck job)."""
+        self._cancel.set()
 
     def close(self) -> None:
         """Free the model and processor (and the CUDA cache when on a GPU)."""
@@ -374,6 +332,7 @@ class TransformersBackend:
         inputs = self._prepare(requests).to(self._model.device)
         prompt_width = inputs["input_ids"].shape[1]
         started = time.monotonic()
+        extra.setdefault("stopping_criteria", until_set(self._cancel))
         try:
             with torch.inference_mode():
                 output = self._model.generate(**inputs, **self._generate_kwargs(requests), **extra)
