@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
-import re
 import secrets
 import threading
 from dataclasses import dataclass, field, replace
@@ -45,14 +43,16 @@ from aiogram.exceptions import (
 )
 from aiogram.types import Message, User
 from aiogram.utils.backoff import BackoffConfig
-from aiogram.utils.chat_action import ChatActionSender
 from aiogram.utils.token import TokenValidationError
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter
 
 from bots.core import ChatCore, IncomingMessage, utf16_length
-from bots.telegram_io import RedactToken, download_image, send_replies, send_unprompted, wait_threadsafe
+from bots.telegram_io import download_image, send_replies, send_unprompted, wait_threadsafe
+from bots.telegram_messages import translate, typing_action
+from bots.telegram_webhook import WEBHOOK_PATH, webhook_router
+from service import redact
 from service.config import Config
+from service.logs import RedactSecrets
 from service.messages import msg
 from service.queue import JobQueue
 from service.retry import Backoff
@@ -66,12 +66,9 @@ TEXT_LIMIT = 4096  # Telegram's message limit, in UTF-16 code units
 ALBUM_WINDOW_SECONDS = 1.0  # an album's parts arrive as separate updates within about a second
 STOP_TIMEOUT_SECONDS = 5.0
 NOTIFY_TIMEOUT_SECONDS = 120.0  # a report's HTML page with its thumbnails can take a while to upload
-WEBHOOK_PATH = "/telegram/webhook"
-SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 AIOGRAM_LOGGERS = ("aiogram", "aiogram.dispatcher", "aiogram.event", "aiogram.middlewares", "aiogram.webhook")
 # aiogram retries a failed getUpdates forever; this only spaces the retries out (and its log lines).
 POLL_BACKOFF = BackoffConfig(min_delay=1.0, max_delay=60.0, factor=2.0, jitter=0.1)
-GROUP_TYPES = {"group", "supergroup"}
 
 
 @dataclass
@@ -112,7 +109,9 @@ class TelegramBot:
         # Without a configured secret, a random one per run still keeps strangers from posting fake
         # updates: we hand it to Telegram ourselves in setWebhook.
         self._webhook_secret = self.settings.webhook_secret.get_secret_value() or secrets.token_urlsafe(32)
-        self._redactor = RedactToken(self._token)
+        # The token is in every URL aiogram logs: one redactor for the whole process scrubs it everywhere.
+        redact.register([self._token])
+        self._log_filter = RedactSecrets()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._crash: Exception | None = None
@@ -129,7 +128,7 @@ class TelegramBot:
         for name in AIOGRAM_LOGGERS:
             logger = logging.getLogger(name)
             logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
-            logger.addFilter(self._redactor)
+            logger.addFilter(self._log_filter)
         if not self._token:
             self._disable("no token configured ([telegram] token or TUWEN_TELEGRAM__TOKEN)", auth=False)
             return
@@ -149,7 +148,7 @@ class TelegramBot:
         if self.supervisor.alive and not self.supervisor.stop(STOP_TIMEOUT_SECONDS):
             log.warning("the Telegram bot did not stop within %.0f s", STOP_TIMEOUT_SECONDS)
         for name in AIOGRAM_LOGGERS:
-            logging.getLogger(name).removeFilter(self._redactor)
+            logging.getLogger(name).removeFilter(self._log_filter)
         self.ready.clear()
 
     def status(self) -> ComponentStatus:
@@ -172,7 +171,7 @@ class TelegramBot:
         if self.disabled or loop is None or bot is None or not self.ready.is_set():
             raise NotifyError("the Telegram bot is not connected", permanent=self.disabled)
         sending = send_unprompted(bot, recipient, text, image, document, TEXT_LIMIT)
-        wait_threadsafe(loop, sending, self._redactor, NOTIFY_TIMEOUT_SECONDS)
+        wait_threadsafe(loop, sending, NOTIFY_TIMEOUT_SECONDS)
 
     # -- the bot's own loop ----------------------------------------------------------------------
 
@@ -208,8 +207,8 @@ class TelegramBot:
         await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if runner.done() and not runner.cancelled() and runner.exception() is not None:
             failure = runner.exception()
-            log.error("the Telegram bot failed: %s", self._redactor.redact(repr(failure)))
-            self._crash = RuntimeError(self._redactor.redact(f"{type(failure).__name__}: {failure}"))
+            log.error("the Telegram bot failed: %s", redact.scrub(repr(failure)))
+            self._crash = RuntimeError(redact.scrub(f"{type(failure).__name__}: {failure}"))
         with contextlib.suppress(RuntimeError, TimeoutError):  # RuntimeError: polling had not started
             await asyncio.wait_for(dispatcher.stop_polling(), STOP_TIMEOUT_SECONDS / 2)
         # Whatever is left (the connect loop, handlers waiting for answers, album timers) is cancelled: the
@@ -265,7 +264,7 @@ class TelegramBot:
                     # A webhook left from an earlier run would make every getUpdates fail with 409.
                     await bot.delete_webhook(drop_pending_updates=False)
             except (TelegramUnauthorizedError, TelegramNotFound) as exc:
-                self._disable(self._redactor.redact(f"{type(exc).__name__}: {exc.message}"))
+                self._disable(redact.scrub(f"{type(exc).__name__}: {exc.message}"))
                 return None
             except (
                 TelegramNetworkError,
@@ -275,7 +274,7 @@ class TelegramBot:
                 OSError,
             ) as exc:
                 if not warned:
-                    reason = self._redactor.redact(f"{type(exc).__name__}: {exc}")
+                    reason = redact.scrub(f"{type(exc).__name__}: {exc}")
                     self.problem = str(msg("bot_unavailable", platform="Telegram", reason=reason))
                     log.warning("%s", self.problem)
                     warned = True
@@ -283,7 +282,7 @@ class TelegramBot:
                 delay = min(delay * 2, 60.0)
                 continue
             except TelegramAPIError as exc:  # e.g. setWebhook refusing a non-https URL: a config problem
-                self._disable(self._redactor.redact(f"{type(exc).__name__}: {exc.message}"))
+                self._disable(redact.scrub(f"{type(exc).__name__}: {exc.message}"))
                 return None
             if warned:
                 log.info("%s", msg("bot_recovered", platform="Telegram"))
@@ -310,7 +309,7 @@ class TelegramBot:
                 "Telegram: handling message %s in chat %s failed", message.message_id, message.chat.id
             )
             with contextlib.suppress(Exception):
-                incoming = self._translate(message)
+                incoming = translate(message, self._me)
                 reply = self.core.say(msg("unexpected", reason="see the service log"), incoming.lang)
                 await send_replies(bot, message, reply)
 
@@ -318,7 +317,7 @@ class TelegramBot:
         user = message.from_user
         if user is None or user.is_bot:
             return
-        incoming = self._translate(message)
+        incoming = translate(message, self._me)
         if message.media_group_id:
             await self._album_part(message, incoming, bot)
             return
@@ -326,7 +325,7 @@ class TelegramBot:
         if refusal is not None:
             await send_replies(bot, message, refusal)
             return
-        async with self._typing(bot, message):
+        async with typing_action(bot, message):
             image = await download_image(bot, message, self.core, self.settings.max_file_mb, incoming.lang)
             if isinstance(image, list):  # a refusal (too large, not an image, download failed)
                 replies = image
@@ -356,7 +355,7 @@ class TelegramBot:
         if refusal is not None:
             await send_replies(bot, anchor, refusal)
             return
-        async with self._typing(bot, anchor):
+        async with typing_action(bot, anchor):
             images: list[IncomingMessage] = []
             problems: list[str] = []
             for part, part_incoming in album.parts:
@@ -368,80 +367,33 @@ class TelegramBot:
             replies = await self.core.handle_album(images) if images else []
         await send_replies(bot, anchor, problems + replies)
 
-    def _typing(self, bot: Bot, message: Message) -> ChatActionSender:
-        thread = message.message_thread_id if message.is_topic_message else None
-        return ChatActionSender.typing(bot=bot, chat_id=message.chat.id, message_thread_id=thread)
-
-    def _translate(self, message: Message) -> IncomingMessage:
-        """The platform-neutral view of a message (without its image, which is fetched only if allowed)."""
-        user = message.from_user
-        assert user is not None
-        is_group = message.chat.type in GROUP_TYPES
-        text = message.text or message.caption or ""
-        code = (user.language_code or "").lower()
-        # Chinese unless the user's Telegram is set to another language: tuwen's users are Chinese first.
-        lang = "zh" if not code or code.startswith("zh") else "en"
-        return IncomingMessage(
-            platform=PLATFORM,
-            chat_id=str(message.chat.id),
-            user_id=str(user.id),
-            text=self._strip_mention(text),
-            is_group=is_group,
-            addressed=not is_group or self._addressed(message, text),
-            lang=lang,
-            message_id=str(message.message_id),
-        )
-
-    def _addressed(self, message: Message, text: str) -> bool:
-        """In a group: whether the message mentions the bot or replies to one of its messages."""
-        me = self._me
-        if me is None:
-            return False
-        replied = message.reply_to_message
-        if replied is not None and replied.from_user is not None and replied.from_user.id == me.id:
-            return True
-        handle = f"@{me.username or ''}".lower()
-        for entity in message.entities or message.caption_entities or []:
-            if entity.type == "text_mention" and entity.user is not None and entity.user.id == me.id:
-                return True
-            if entity.type == "mention" and entity.extract_from(text).lower() == handle:
-                return True
-            if entity.type == "bot_command" and entity.extract_from(text).lower().endswith(handle):
-                return True
-        return False
-
-    def _strip_mention(self, text: str) -> str:
-        if self._me is None or not self._me.username:
-            return text
-        # "/help@tuwen_bot" keeps its command; "@tuwen_bot 这是什么" loses the mention.
-        pattern = rf"(?<![/\w])@{re.escape(self._me.username)}\b"
-        return re.sub(pattern, "", text, flags=re.IGNORECASE).strip()
-
     # -- webhook ---------------------------------------------------------------------------------
 
     def _build_router(self) -> APIRouter:
-        """`POST /telegram/webhook`: check Telegram's secret header, hand the update to the bot's loop."""
-        router = APIRouter()
+        return webhook_router(self)
 
-        @router.post(WEBHOOK_PATH, include_in_schema=False)
-        async def telegram_webhook(request: Request) -> JSONResponse:
-            given = request.headers.get(SECRET_HEADER, "")
-            if not hmac.compare_digest(given.encode(), self._webhook_secret.encode()):
-                return JSONResponse({"ok": False}, status_code=401)
-            loop, bot, dispatcher = self._loop, self._bot, self._dispatcher
-            if loop is None or bot is None or dispatcher is None or not self.ready.is_set():
-                return JSONResponse({"ok": False}, status_code=503)  # Telegram retries later
-            try:
-                update = await request.json()
-            except ValueError:
-                return JSONResponse({"ok": False}, status_code=400)
-            # Answer Telegram at once; the update is handled (minutes, maybe) on the bot's own loop.
-            asyncio.run_coroutine_threadsafe(self._feed(bot, dispatcher, update), loop)
-            return JSONResponse({"ok": True})
+    @property
+    def webhook_secret(self) -> str:
+        """What Telegram must send in the webhook's secret header."""
+        return self._webhook_secret
 
-        return router
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The bot's own event loop (while running)."""
+        return self._loop
 
-    async def _feed(self, bot: Bot, dispatcher: Dispatcher, update: dict[str, Any]) -> None:
+    @property
+    def bot(self) -> Bot | None:
+        """The aiogram Bot (while running)."""
+        return self._bot
+
+    @property
+    def dispatcher(self) -> Dispatcher | None:
+        """The aiogram Dispatcher (while running)."""
+        return self._dispatcher
+
+    async def feed(self, bot: Bot, dispatcher: Dispatcher, update: dict[str, Any]) -> None:
+        """Handle one webhook update on the bot's loop (`bots.telegram_webhook`)."""
         try:
             await dispatcher.feed_raw_update(bot, update)
         except Exception:

@@ -1,4 +1,4 @@
-"""Telegram downloads, replies, unprompted sends (reports) and log redaction, apart from the control flow."""
+"""Telegram downloads, replies and unprompted sends (reports), apart from the control flow."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from aiogram.exceptions import (
 from aiogram.types import FSInputFile, Message, ReplyParameters
 
 from bots.core import ChatCore, split_message, utf16_length
-from service import formats
+from service import formats, redact
 from service.messages import msg
 from service.sources import NotifyError
 
@@ -30,31 +30,6 @@ log = logging.getLogger("tuwen.bots.telegram")
 SEND_ATTEMPTS = 4
 DOWNLOAD_TIMEOUT_SECONDS = 60
 MB = 1024 * 1024
-
-
-class RedactToken(logging.Filter):
-    """Blanks the bot token out of log records (aiogram's URLs and errors can carry it)."""
-
-    def __init__(self, token: str) -> None:
-        super().__init__()
-        self.token = token
-
-    def redact(self, text: str) -> str:
-        """`text` with the token replaced by `***`."""
-        return text.replace(self.token, "***") if self.token else text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Rewrite the record in place when its text or traceback contains the token; never drops it."""
-        if not self.token:
-            return True
-        text = record.getMessage()
-        if self.token in text:
-            record.msg, record.args = self.redact(text), None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = self.redact(record.exc_text)
-        return True
 
 
 async def download_image(
@@ -167,7 +142,7 @@ async def send_unprompted(
 
 
 def wait_threadsafe(
-    loop: asyncio.AbstractEventLoop, sending: Coroutine[Any, Any, None], redactor: RedactToken, timeout: float
+    loop: asyncio.AbstractEventLoop, sending: Coroutine[Any, Any, None], timeout: float
 ) -> None:
     """Run `sending` on the bot's loop from another thread and wait; failures become `NotifyError`."""
     try:
@@ -179,9 +154,9 @@ def wait_threadsafe(
         future.result(timeout)
     except (TelegramBadRequest, TelegramForbiddenError, TelegramNotFound) as exc:
         # Unknown chat, bot blocked or never started by that user: retrying cannot help.
-        raise NotifyError(redactor.redact(exc.message), permanent=True) from None
+        raise NotifyError(redact.scrub(exc.message), permanent=True) from None
     except TimeoutError:
         future.cancel()
         raise NotifyError(f"no answer from Telegram within {timeout:.0f} s") from None
     except Exception as exc:  # `from None`: a chained aiogram error can carry the token in its URL
-        raise NotifyError(redactor.redact(f"{type(exc).__name__}: {exc}")) from None
+        raise NotifyError(redact.scrub(f"{type(exc).__name__}: {exc}")) from None

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from service import redact
 from service.config import Config
 from service.messages import Message, msg
 
@@ -78,14 +79,12 @@ class WeComApi:
         self.backoff_seconds = 0.5
         self._token = ""
         self._token_expires = 0.0
+        redact.register([config.wecom.secret.get_secret_value()])
         self._token_lock = asyncio.Lock()  # one refresh at a time: a new token invalidates the old one
 
     def redact(self, text: str) -> str:
-        """`text` without the secret or the access token (for log lines built from exceptions)."""
-        for secret in (self._wecom.secret.get_secret_value(), self._token):
-            if len(secret) >= 4:
-                text = text.replace(secret, "***")
-        return text
+        """`text` without the secret or the access token (the process-wide redactor knows both)."""
+        return redact.scrub(text)
 
     async def token(self, client: httpx.AsyncClient, *, refresh: bool = False) -> str:
         """The cached access token, fetched again when close to expiry or when `refresh` is asked."""
@@ -101,6 +100,7 @@ class WeComApi:
             payload = _json(*await self._fetch(client, "GET", "/cgi-bin/gettoken", params, None, 64 * 1024))
             _raise_for_errcode(payload, token_call=True)
             self._token = str(payload.get("access_token", ""))
+            redact.register([self._token])  # a URL with it in an error text must not reach a log
             lifetime = float(payload.get("expires_in", 7200))
             self._token_expires = time.monotonic() + max(lifetime - TOKEN_MARGIN_SECONDS, lifetime / 2)
             return self._token
