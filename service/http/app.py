@@ -3,7 +3,8 @@
 - `health`     GET /health (here: it must never depend on anything else working)
 - `metrics`    GET /metrics (Prometheus)
 - `openai_api` POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}
-- `history_api` /api/… JSON for history, review, export, thumbnails
+- `history_api` /api/jobs… JSON for history, search, export, thumbnails
+- `review_api` /api/jobs/{id}/review, /api/review/… (staff review)
 - `pages`      /, /kiosk, /feed and their static files; /api/feed/events (SSE)
 - `login`      /login, /logout (server-side sessions)
 - `reports_api` GET /api/reports and /reports/NAME/STAMP/FILE (the written reports)
@@ -19,7 +20,7 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 
 from service import __version__
-from service.http import history_api, login, metrics, openai_api, pages, reports_api
+from service.http import history_api, login, metrics, openai_api, pages, reports_api, review_api
 from service.http.auth import Scope, require
 from service.http.context import HttpContext
 from service.http.errors import install_error_handlers
@@ -43,6 +44,7 @@ def create_http_app(ctx: HttpContext) -> FastAPI:
     api.include_router(metrics.build_router(ctx))
     api.include_router(openai_api.build_router(ctx))
     api.include_router(history_api.build_router(ctx))
+    api.include_router(review_api.build_router(ctx))
     api.include_router(pages.build_router(ctx))
     api.include_router(login.build_router(ctx))
     api.include_router(reports_api.build_router(ctx))

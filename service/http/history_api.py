@@ -26,7 +26,6 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
 
 from db.history import (
     MAX_PER_PAGE,
@@ -34,13 +33,9 @@ from db.history import (
     STATUSES,
     JobFilter,
     iter_jobs,
-    review_stats,
-    sample_for_review,
     search_jobs,
-    stats_dict,
 )
 from db.models import Job, ReviewStatus
-from db.store import ReviewRejected
 from service.csvcells import spreadsheet_cell
 from service.http.auth import Scope, require
 from service.http.context import HttpContext
@@ -48,8 +43,6 @@ from service.http.errors import ApiError
 from service.messages import msg
 from service.thumbnails import thumbnail_bytes
 
-MAX_CORRECTION_CHARS = 20_000
-MAX_SAMPLE = 200
 CSV_COLUMNS = (
     "id",
     "time",
@@ -66,19 +59,6 @@ CSV_COLUMNS = (
 )
 _BOM = "\ufeff"
 _EXPORT_BATCH_ROWS = 200
-
-
-class ReviewBody(BaseModel):
-    """`POST /api/jobs/{id}/review`."""
-
-    verdict: str
-    correction: str | None = None
-
-
-class SampleBody(BaseModel):
-    """`POST /api/review/sample`."""
-
-    n: int = 20
 
 
 def job_summary(job: Job) -> dict[str, Any]:
@@ -117,8 +97,8 @@ def job_filter_params(
     review: str = "",
 ) -> JobFilter:
     """The filters shared by the list and the export, checked (a FastAPI dependency)."""
-    _check_choice("status", status, STATUSES)
-    _check_choice("review", review, REVIEW_FILTERS)
+    check_choice("status", status, STATUSES)
+    check_choice("review", review, REVIEW_FILTERS)
     return JobFilter(
         q=q.strip(),
         source=source or None,
@@ -189,40 +169,6 @@ def build_router(ctx: HttpContext) -> APIRouter:
             raise ApiError(404, msg("api_not_found", what=f"thumbnail of job {job_id}"))
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
 
-    @router.post("/api/jobs/{job_id:int}/review")
-    def review_job(job_id: int, body: ReviewBody) -> dict[str, Any]:
-        """Record a verdict; listeners (the folder watcher) rewrite sidecars with the correction."""
-        _check_choice("verdict", body.verdict, ReviewStatus.ALL, required=True)
-        if body.correction is not None and len(body.correction) > MAX_CORRECTION_CHARS:
-            raise ApiError(
-                400,
-                msg("review_correction_too_long", length=len(body.correction), limit=MAX_CORRECTION_CHARS),
-                param="correction",
-            )
-        try:
-            job = store.set_review(job_id, body.verdict, body.correction)
-        except ReviewRejected as exc:
-            raise _review_error(exc, store.get(job_id)) from exc
-        if job is None:
-            raise ApiError(404, msg("api_not_found", what=f"job {job_id}"))
-        ctx.queue.updated(job)
-        return job_summary(job)
-
-    @router.post("/api/review/sample")
-    def review_sample(body: SampleBody | None = None) -> dict[str, Any]:
-        """Random done jobs nobody has reviewed yet."""
-        n = (body or SampleBody()).n
-        if not 1 <= n <= MAX_SAMPLE:
-            raise ApiError(
-                400, msg("history_bad_param", name="n", value=n, allowed=f"1–{MAX_SAMPLE}"), param="n"
-            )
-        return {"items": [job_summary(job) for job in sample_for_review(store, n)]}
-
-    @router.get("/api/review/stats")
-    def stats() -> dict[str, Any]:
-        """Reviewed share and accuracy of done answers with a Wilson 95 % interval (nulls before reviews)."""
-        return stats_dict(review_stats(store))
-
     return router
 
 
@@ -233,7 +179,7 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _check_choice(name: str, value: str, allowed: tuple[str, ...], *, required: bool = False) -> None:
+def check_choice(name: str, value: str, allowed: tuple[str, ...], *, required: bool = False) -> None:
     if (value or required) and value not in allowed:
         raise ApiError(
             400, msg("history_bad_param", name=name, value=value, allowed=", ".join(allowed)), param=name
@@ -262,16 +208,6 @@ def _parse_int(name: str, value: str, low: int, high: int) -> int:
             400, msg("history_bad_param", name=name, value=value, allowed=f"{low}–{high}"), param=name
         )
     return number
-
-
-def _review_error(exc: ReviewRejected, job: Job | None) -> ApiError:
-    if exc.reason == "not_done":
-        return ApiError(400, msg("review_not_done", status=job.status if job else "?"))
-    if exc.reason == "correction_missing":
-        return ApiError(400, msg("review_correction_missing"), param="correction")
-    return ApiError(
-        400, msg("history_bad_param", name="verdict", value=str(exc), allowed=", ".join(ReviewStatus.ALL))
-    )
 
 
 def _csv_chunks(jobs: Iterator[Job]) -> Iterator[bytes]:
