@@ -35,6 +35,7 @@ from service.config import BotConfig, Config
 from service.errors import StorageUnavailable
 from service.events import ChatTurn, Event, Priority
 from service.jobs import Job, JobStatus
+from service.logs import job_context
 from service.messages import Message, msg
 from service.queue import JobQueue, QueueFull, WorkerUnavailable
 from service.uploads import store_upload
@@ -242,26 +243,17 @@ class ChatCore:
 
     async def _wait(self, job: Job) -> Job | Message:
         """The finished job; a catalogue message when it cannot be had (model gone, timeout)."""
-        loop = asyncio.get_running_loop()
         timeout = self.bot.answer_timeout_seconds
-        deadline = loop.time() + timeout
-        waiting = asyncio.wrap_future(self.queue.result(job.uid))
-        while (remaining := deadline - loop.time()) > 0:
-            done, _ = await asyncio.wait({waiting}, timeout=min(remaining, WAIT_TICK_SECONDS))
-            if done:
-                return waiting.result()
-            if not self.queue.worker_available():
-                log.warning(
-                    "[job %s] the model worker went away while a %s user waited", job.uid[:8], self.platform
-                )
-                return msg("bot_model_down")
-        log.warning(
-            "[job %s] no answer within %g s for a %s user; it stays queued",
-            job.uid[:8],
-            timeout,
-            self.platform,
-        )
-        return msg("bot_timeout", seconds=f"{timeout:g}")
+        try:
+            return await self.queue.wait(job.uid, timeout, tick=WAIT_TICK_SECONDS)
+        except WorkerUnavailable:
+            with job_context(job.uid):
+                log.warning("the model worker went away while a %s user waited", self.platform)
+            return msg("bot_model_down")
+        except TimeoutError:
+            with job_context(job.uid):
+                log.warning("no answer within %g s for a %s user; it stays queued", timeout, self.platform)
+            return msg("bot_timeout", seconds=f"{timeout:g}")
 
     def _rate_limited(self, user_id: str, now: float) -> Message | None:
         """The per-user rate limit: why to refuse this question, if it must be."""

@@ -9,17 +9,18 @@ answers only the command's jobs, as before. Either way every job is in the histo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
 
-from db.models import Job, JobStatus
+from db.models import Job
 from service.backends.registry import create_backend
 from service.config import Config
 from service.events import Event
 from service.messages import Message, msg
 from service.nodes import cli_node_name, live_nodes, requeue_orphans
-from service.queue import JobQueue
+from service.queue import JobQueue, WorkerUnavailable
 from service.storage import open_store
 from service.worker import BackendFactory, ModelWorker
 
@@ -47,6 +48,7 @@ class OneShot:
         nodes = live_nodes(self.store, config.node.lease_seconds)
         self.service = nodes[0].name if nodes else None
         self.worker: ModelWorker | None = None
+        self._next_node_check = time.monotonic() + NODE_CHECK_SECONDS
         if self.service is None:
             # Jobs an interrupted earlier command (or a crashed service) left running go back to the queue.
             requeue_orphans(self.store, config.node.lease_seconds)
@@ -70,28 +72,23 @@ class OneShot:
 
     def wait(self, uids: Iterable[str], on_finished: Callable[[Job], None]) -> None:
         """Call `on_finished(job)` for each job as it finishes, until all have; `RunAborted` if impossible."""
-        pending = set(uids)
-        next_node_check = time.monotonic() + NODE_CHECK_SECONDS
-        while pending:
-            for job in self.store.jobs_by_uids(sorted(pending)):
-                if job.status in (JobStatus.DONE, JobStatus.FAILED):
-                    pending.discard(job.uid)
-                    on_finished(job)
-            if not pending:
-                return
-            self._check_answerer(next_node_check)
-            if time.monotonic() >= next_node_check:
-                next_node_check = time.monotonic() + NODE_CHECK_SECONDS
-            time.sleep(POLL_SECONDS)
+        try:
+            asyncio.run(self.queue.wait_all(uids, on_finished, gone=self._gone, tick=POLL_SECONDS))
+        except WorkerUnavailable:
+            worker = self.worker
+            if worker is not None:
+                raise RunAborted(worker.error or msg("cli_model_failed")) from None
+            raise RunAborted(msg("cli_service_gone", node=self.service)) from None
 
-    def _check_answerer(self, next_node_check: float) -> None:
-        worker = self.worker
-        if worker is not None:
-            if worker.state in ("failed", "dead"):
-                raise RunAborted(worker.error or msg("cli_model_failed"))
-            return
-        if time.monotonic() >= next_node_check and not live_nodes(self.store, self.config.node.lease_seconds):
-            raise RunAborted(msg("cli_service_gone", node=self.service))
+    def _gone(self) -> bool:
+        """Nobody will answer: our worker failed, or the service we handed the jobs to stopped."""
+        if self.worker is not None:
+            return self.worker.state in ("failed", "dead")
+        now = time.monotonic()
+        if now < self._next_node_check:
+            return False
+        self._next_node_check = now + NODE_CHECK_SECONDS
+        return not live_nodes(self.store, self.config.node.lease_seconds)
 
     def close(self) -> None:
         """Stop our worker (jobs in hand go back to the queue) and close the database."""

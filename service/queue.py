@@ -14,7 +14,7 @@ import math
 import re
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import asdict
 
@@ -24,6 +24,7 @@ from db.store import Store
 from service.events import Event, Priority
 from service.files import display_path
 from service.messages import Message
+from service.waiting import wait_for, wait_for_all
 
 log = logging.getLogger("tuwen.service")
 
@@ -132,6 +133,38 @@ class JobQueue:
             if not future.done():
                 future.set_result(job)
         return future
+
+    def forget_result(self, uid: str, future: Future[Job]) -> None:
+        """Drop an unresolved `result()` future nobody waits for any more (its job finished elsewhere)."""
+        with self._lock:
+            if self._futures.get(uid) is future and not future.done():
+                self._futures.pop(uid, None)
+
+    async def wait(
+        self,
+        uid: str,
+        timeout: float | None = None,
+        *,
+        gone: Callable[[], bool] | None = None,
+        tick: float = 1.0,
+    ) -> Job:
+        """The finished job (done or failed), whichever process answered it (`service.waiting`).
+
+        `TimeoutError` after `timeout` seconds; `WorkerUnavailable` once `gone()` (by default: no worker of
+        this process can answer) says nobody will.
+        """
+        return await wait_for(self, uid, timeout, gone or (lambda: not self.worker_available()), tick)
+
+    async def wait_all(
+        self,
+        uids: Iterable[str],
+        on_finished: Callable[[Job], None],
+        *,
+        gone: Callable[[], bool] | None = None,
+        tick: float = 0.2,
+    ) -> None:
+        """Call `on_finished(job)` as each of `uids` finishes, until all have (`service.waiting`)."""
+        await wait_for_all(self, uids, on_finished, gone or (lambda: not self.worker_available()), tick)
 
     def interactive_waiting(self) -> int:
         """Interactive jobs submitted in this process and not finished yet."""

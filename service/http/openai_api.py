@@ -53,6 +53,7 @@ from service.http.chat_shapes import (
 )
 from service.http.context import HttpContext
 from service.http.errors import ApiError
+from service.logs import job_context
 from service.messages import Message, msg
 from service.queue import QueueFull, WorkerUnavailable
 from service.uploads import ImageRejected, check_decodes, save_image
@@ -170,7 +171,7 @@ class ChatApi:
             stream = self._stream(job, future, relay, chat, source, created)
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
-        finished = await self._wait(future, job.uid)
+        finished = await self._wait(job.uid)
         if finished.status != JobStatus.DONE:
             raise Refused(422, job_error(finished), reason="job_failed")
         if not relay.first_seen:  # answered without streaming (multi-page TIFF): first text is all text
@@ -243,20 +244,17 @@ class ChatApi:
     def _worker_gone(self) -> bool:
         return self.app.worker.state in GONE_STATES
 
-    async def _wait(self, future: Future[Job], uid: str) -> Job:
+    async def _wait(self, uid: str) -> Job:
         """The finished job; 504 after the request timeout, 503 if the worker goes away meanwhile."""
-        loop = asyncio.get_running_loop()
         timeout = self.app.config.http.request_timeout_seconds
-        deadline = loop.time() + timeout
-        waiting = asyncio.wrap_future(future)
-        while (remaining := deadline - loop.time()) > 0:
-            done, _ = await asyncio.wait({waiting}, timeout=min(remaining, WAIT_TICK_SECONDS))
-            if done:
-                return waiting.result()
-            if self._worker_gone():
-                raise Refused(503, msg("api_model_unavailable", reason=self.app.worker.state))
-        log.warning("[job %s] no answer within %g s; it stays queued", uid[:8], timeout)
-        raise Refused(504, msg("api_timeout", seconds=f"{timeout:g}"))
+        try:
+            return await self.app.queue.wait(uid, timeout, gone=self._worker_gone, tick=WAIT_TICK_SECONDS)
+        except WorkerUnavailable:
+            raise Refused(503, msg("api_model_unavailable", reason=self.app.worker.state)) from None
+        except TimeoutError:
+            with job_context(uid):
+                log.warning("no answer within %g s; it stays queued", timeout)
+            raise Refused(504, msg("api_timeout", seconds=f"{timeout:g}")) from None
 
     async def _stream(
         self, job: Job, future: Future[Job], relay: _Relay, chat: ChatRequest, source: str, created: int
