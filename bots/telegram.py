@@ -250,7 +250,7 @@ class TelegramBot:
 
     async def _connect(self, bot: Bot, dispatcher: Dispatcher) -> User | None:
         """getMe and (un)set the webhook, retrying network trouble; None when the token is refused."""
-        delay, warned = 1.0, False
+        backoff, warned = Backoff(base=1.0, cap=60.0), False
         while True:
             try:
                 me = await bot.me()  # cached: start_polling asks again, outside any retry
@@ -278,8 +278,7 @@ class TelegramBot:
                     self.problem = str(msg("bot_unavailable", platform="Telegram", reason=reason))
                     log.warning("%s", self.problem)
                     warned = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 60.0)
+                await asyncio.sleep(backoff.next_delay())
                 continue
             except TelegramAPIError as exc:  # e.g. setWebhook refusing a non-https URL: a config problem
                 self._disable(redact.scrub(f"{type(exc).__name__}: {exc.message}"))

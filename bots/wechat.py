@@ -196,20 +196,20 @@ class WeChatBot:
         self._wake = asyncio.Event()
         if self._stopping.is_set():  # stop() ran before the loop existed and could not wake it
             self._wake.set()
-        delay = INITIAL_RETRY_SECONDS
+        backoff = Backoff(base=INITIAL_RETRY_SECONDS, cap=self.settings.reconnect_max_seconds, jitter=0)
         while not self._stopping.is_set():
             started = time.monotonic()
             code = await self._run_child()
             if self._stopping.is_set() or self._fatal:
                 break
             if time.monotonic() - started > self.settings.reconnect_max_seconds:
-                delay = INITIAL_RETRY_SECONDS  # it ran for a long while: a fresh crash gets a quick restart
+                backoff.reset()  # it ran for a long while: a fresh crash gets a quick restart
+            delay = backoff.next_delay()
             self._on_state(
                 {"state": "unavailable", "reason": f"wechaty process exited ({code})", "retry_in": delay}
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
-            delay = min(delay * 2, self.settings.reconnect_max_seconds)
         for task in list(self._tasks):
             task.cancel()
 

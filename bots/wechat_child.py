@@ -30,6 +30,7 @@ from typing import Any
 
 from service.logs import RedactSecrets, setup_logging
 from service.messages import msg
+from service.retry import Backoff
 
 log = logging.getLogger("tuwen.bots.wechat.child")
 
@@ -181,7 +182,8 @@ class Gateway:
         except ImportError as exc:
             self._state("fatal", str(msg("wechat_not_installed", reason=exc)))
             return
-        delay = INITIAL_RETRY_SECONDS
+        # No jitter: one gateway, one child; the delays are told to the parent as they are.
+        backoff = Backoff(base=INITIAL_RETRY_SECONDS, cap=self.settings.reconnect_max_seconds, jitter=0)
         while True:
             online = asyncio.Event()
             try:
@@ -190,11 +192,11 @@ class Gateway:
                 self._state("fatal", str(exc))
                 return
             if online.is_set():
-                delay = INITIAL_RETRY_SECONDS  # it worked for a while: a fresh drop gets a quick retry
+                backoff.reset()  # it worked for a while: a fresh drop gets a quick retry
+            delay = backoff.next_delay()
             self._state("unavailable", reason, delay)
             log.debug("WeChat gateway: %s; retrying in %.1f s", reason, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, self.settings.reconnect_max_seconds)
 
     async def _session(self, online: asyncio.Event) -> str:
         """One connection, from connect to drop; returns why it ended."""

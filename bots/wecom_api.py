@@ -27,6 +27,7 @@ import httpx
 from service import redact
 from service.config import Config
 from service.messages import Message, msg
+from service.retry import Backoff
 
 log = logging.getLogger("tuwen.bots.wecom")
 
@@ -148,16 +149,16 @@ class WeComApi:
         return invalid
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
-        delay = self.backoff_seconds
+        backoff = Backoff(base=self.backoff_seconds, cap=30.0)
         for attempt in range(1, self.attempts + 1):
             try:
                 return await call()
             except (WeComTransientError, httpx.TransportError) as exc:
                 if attempt == self.attempts:
                     raise WeComTransientError(self.redact(f"{type(exc).__name__}: {exc}")) from exc
+                delay = backoff.next_delay()
                 log.debug("WeCom call failed (%s), retry %d in %.1f s", type(exc).__name__, attempt, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
         raise AssertionError("unreachable")
 
     async def _authorized(

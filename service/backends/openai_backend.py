@@ -32,6 +32,7 @@ from service.backends.base import Answer, OnText, Request, Turn
 from service.errors import PermanentError, TransientError
 from service.messages import msg
 from service.reasoning import ReasoningFilter
+from service.retry import Backoff
 
 if TYPE_CHECKING:
     from service.config import Config
@@ -290,13 +291,14 @@ class OpenAIBackend:
     ) -> T:
         """Run `attempt()`; retry transient failures with backoff; raise `TransientError` when spent."""
         attempts = self.settings.max_retries + 1
+        backoff = Backoff(base=self.backoff_seconds, cap=MAX_BACKOFF_SECONDS)
         for number in range(1, attempts + 1):
             try:
                 return attempt()
             except (_Retryable, httpx.TransportError) as exc:
                 reason = exc.reason if isinstance(exc, _Retryable) else self._describe(exc)
                 last = number == attempts or (can_retry is not None and not can_retry())
-                delay = min(self.backoff_seconds * 2 ** (number - 1), MAX_BACKOFF_SECONDS)
+                delay = backoff.next_delay()
                 hinted = exc.retry_after if isinstance(exc, _Retryable) else None
                 if hinted is not None and 0 <= hinted <= MAX_BACKOFF_SECONDS:
                     delay = max(delay, hinted)  # the server knows its queue better than our guess

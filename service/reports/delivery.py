@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from service.config import ReportConfig
 from service.messages import msg
+from service.retry import Backoff
 from service.sources import Notifier, NotifyError
 
 log = logging.getLogger("tuwen.service.reports")
@@ -141,7 +142,7 @@ class Deliverer:
         result: DeliveryResult,
     ) -> str | None:
         """None once the part is sent; otherwise the last error, after logging it."""
-        delay = self.backoff_seconds
+        backoff = Backoff(base=self.backoff_seconds, factor=BACKOFF_FACTOR, cap=MAX_BACKOFF_SECONDS)
         reason = ""
         for attempt in range(1, self.attempts + 1):
             result.attempts += 1
@@ -154,13 +155,13 @@ class Deliverer:
             last = permanent or attempt == self.attempts or self.stop_event.is_set()
             if last:
                 break
+            delay = backoff.next_delay()
             log.warning(
                 "report %s: sending the %s to %s %s failed (%s); retry %d/%d in %.0f s",
                 report.name, kind, notifier.platform, recipient, reason, attempt, self.attempts - 1, delay,
             )  # fmt: skip
             if self.stop_event.wait(delay):
                 break
-            delay = min(delay * BACKOFF_FACTOR, MAX_BACKOFF_SECONDS)
         failure = msg("report_delivery_failed", target=f"{notifier.platform} {recipient}", reason=reason)
         log.error("report %s: %s", report.name, failure)
         return reason
