@@ -42,7 +42,7 @@ from service.uploads import store_upload
 
 __all__ = ["ChatCore", "IncomingMessage", "split_message", "utf16_length"]
 
-log = logging.getLogger("tuwen.bots")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 Lang = Literal["zh", "en"]
 NEW_CONVERSATION_WORDS = {"/new", "新对话", "新對話"}

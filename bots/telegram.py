@@ -59,7 +59,7 @@ from service.retry import Backoff
 from service.sources import NotifyError
 from service.supervisor import ComponentStatus, Supervisor
 
-log = logging.getLogger("tuwen.bots.telegram")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 PLATFORM = "telegram"
 TEXT_LIMIT = 4096  # Telegram's message limit, in UTF-16 code units

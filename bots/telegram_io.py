@@ -25,7 +25,7 @@ from service import formats, redact
 from service.messages import msg
 from service.sources import NotifyError
 
-log = logging.getLogger("tuwen.bots.telegram")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 SEND_ATTEMPTS = 4
 DOWNLOAD_TIMEOUT_SECONDS = 60

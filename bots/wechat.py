@@ -50,7 +50,7 @@ from service.retry import Backoff
 from service.sources import NotifyError
 from service.supervisor import ComponentStatus, Supervisor
 
-log = logging.getLogger("tuwen.bots.wechat")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 # WeChat itself takes long texts, but gateways differ and long bubbles are hard to read on a phone; the
 # margin leaves room for the "@name " that a group reply starts with.

@@ -32,7 +32,7 @@ from service.logs import RedactSecrets, setup_logging
 from service.messages import msg
 from service.retry import Backoff
 
-log = logging.getLogger("tuwen.bots.wechat.child")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 INITIAL_RETRY_SECONDS = 1.0
 # Inside the parent's wait (bots.wechat.CHILD_STOP_SECONDS), so a clean stop is not cut short.

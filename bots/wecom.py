@@ -52,7 +52,7 @@ from service.queue import JobQueue
 from service.sources import NotifyError
 from service.supervisor import ComponentStatus
 
-log = logging.getLogger("tuwen.bots.wecom")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 PLATFORM = "wecom"
 PLATFORM_NAME = "企业微信 WeCom"

@@ -29,7 +29,7 @@ from service.config import Config
 from service.messages import Message, msg
 from service.retry import Backoff
 
-log = logging.getLogger("tuwen.bots.wecom")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 T = TypeVar("T")
 TEXT_LIMIT_BYTES = 2048  # message/send truncates text content beyond 2048 bytes

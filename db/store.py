@@ -27,7 +27,7 @@ from db.reads import MAX_ROW_ID, JobReads
 from service.messages import msg
 from service.retry import Availability
 
-log = logging.getLogger("tuwen.db")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 

@@ -35,7 +35,7 @@ from service.worker import ModelWorker
 if TYPE_CHECKING:
     from service.reports.schedule import ReportScheduler
 
-log = logging.getLogger("tuwen.service")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 STOP_TIMEOUT_SECONDS = 30.0
 

@@ -23,7 +23,7 @@ from service.healthcheck import health_command
 from service.logs import setup_logging
 from service.messages import msg
 
-log = logging.getLogger("tuwen.service.cli")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 
 def main(argv: list[str] | None = None) -> int:

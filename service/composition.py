@@ -26,7 +26,7 @@ from service.sources import Source
 from service.storage import open_store
 from service.worker import BackendFactory, ModelWorker
 
-log = logging.getLogger("tuwen.service.composition")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 
 def build_service(config: Config, *, backend_factory: BackendFactory = create_backend) -> App:

@@ -62,3 +62,16 @@ class StartupError(Exception):
     def __init__(self, message: Message) -> None:
         super().__init__(str(message))
         self.message = message
+
+
+class QueueFull(Exception):
+    """Too many interactive jobs are waiting; try again after `retry_after` seconds."""
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        super().__init__(f"{limit} interactive jobs waiting")
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+class WorkerUnavailable(Exception):
+    """No model worker can answer now (loading failed, crashed for good, or the service is stopping)."""

@@ -253,7 +253,7 @@ def _decode_with_pil(
     ) as exc:
         # Truncated JPEG/PNG/HEIC data, broken TIFF directories, bad chunk CRCs, ... (RuntimeError: what the
         # AVIF plugin raises for a damaged file, already while opening it)
-        log.info("[job %s] decode failed for %s: %s", job_id, path, exc)
+        log.info("decode failed for %s: %s", path, exc)
         raise PermanentError(msg("image_corrupt")) from exc
 
 
@@ -272,7 +272,7 @@ def _decode_open_image(image: Image.Image, limits: ImagesConfig, job_id: str) ->
     available = getattr(image, "n_frames", 1) if known.all_pages else 1
     frames = min(available, limits.max_pages)
     if frames < available:
-        log.info("[job %s] %d pages; using the first %d ([images] max_pages)", job_id, available, frames)
+        log.info("%d pages; using the first %d ([images] max_pages)", available, frames)
     pages: list[Image.Image] = []
     orig_size: tuple[int, int] | None = None
     for index in range(frames):
@@ -284,8 +284,7 @@ def _decode_open_image(image: Image.Image, limits: ImagesConfig, job_id: str) ->
         pages.append(page)
     assert orig_size is not None
     log.debug(
-        "[job %s] decoded %s %dx%d, %d page(s) -> %s",
-        job_id,
+        "decoded %s %dx%d, %d page(s) -> %s",
         fmt,
         orig_size[0],
         orig_size[1],
@@ -333,7 +332,7 @@ def _orient_in_place(image: Image.Image, job_id: str) -> None:
         ImageOps.exif_transpose(image, in_place=True)
     except (SyntaxError, ValueError, TypeError, KeyError, IndexError, OSError) as exc:
         # Broken EXIF from some camera firmwares: the pixels are fine, so use them as stored.
-        log.info("[job %s] ignoring unreadable EXIF orientation: %s", job_id, exc)
+        log.info("ignoring unreadable EXIF orientation: %s", exc)
 
 
 def _fit(image: Image.Image, max_edge: int) -> Image.Image:

@@ -1,8 +1,9 @@
 """Logging set-up: stderr (journald picks it up), logger names that tell subsystems apart, secrets redacted.
 
-Logger names follow the modules: `tuwen.vision` (image decoding and preprocessing), `tuwen.generate` (model
-generation in the backends), `tuwen.service.*` (queue, worker, lifecycle), `tuwen.watch` (folders),
-`tuwen.db` (the store), `tuwen.http.*` (API and pages), `tuwen.bots.*` (chat bots), `tuwen.reports`.
+Logger names follow the modules (`tuwen.` + the module's import path: `tuwen.service.worker`,
+`tuwen.watchers.folder`, `tuwen.bots.telegram`, `tuwen.db.store`, `tuwen.service.http.openai_api`, …), with
+two names kept for what people filter on: `tuwen.vision` (image decoding, PDF pages, OCR reading) and
+`tuwen.generate` (model generation in the transformers and openai backends).
 
 Every line logged while a job is in hand carries `[job abcd1234]`: the worker sets the job in a context
 variable (`job_context`) and the formatter adds it, so no log call has to paste the id itself. Whole records,

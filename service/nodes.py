@@ -22,7 +22,7 @@ from db.store import Store
 from service import __version__
 from service.errors import StorageUnavailable
 
-log = logging.getLogger("tuwen.service.nodes")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 
 class NodeHeartbeat:

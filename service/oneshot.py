@@ -24,7 +24,7 @@ from service.queue import JobQueue, WorkerUnavailable
 from service.storage import open_store
 from service.worker import BackendFactory, ModelWorker
 
-log = logging.getLogger("tuwen.service.cli")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 POLL_SECONDS = 0.2
 NODE_CHECK_SECONDS = 5.0

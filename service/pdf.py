@@ -44,7 +44,7 @@ from service.config import ImagesConfig
 from service.errors import PermanentError
 from service.messages import msg
 
-log = logging.getLogger("tuwen.vision.pdf")
+log = logging.getLogger("tuwen.vision")
 
 _PDFIUM_LOCK = threading.Lock()
 MIN_TEXT_CHARS = 16
@@ -80,7 +80,7 @@ def render_pdf(handle: IO[bytes], size: int, limits: ImagesConfig, job_id: str) 
         with _PDFIUM_LOCK, _open_document(handle) as document:
             return _render_pages(document, limits, job_id)
     except pdfium.PdfiumError as exc:  # anything pdfium fails at that the steps below did not name
-        log.info("[job %s] pdfium failed: %s", job_id, exc)
+        log.info("pdfium failed: %s", exc)
         raise PermanentError(msg("pdf_broken")) from exc
 
 
@@ -90,7 +90,7 @@ def _render_pages(document: pdfium.PdfDocument, limits: ImagesConfig, job_id: st
         raise PermanentError(msg("pdf_empty"))
     used = min(total, limits.max_pages)
     if used < total:
-        log.info("[job %s] PDF of %d pages; using the first %d ([images] max_pages)", job_id, total, used)
+        log.info("PDF of %d pages; using the first %d ([images] max_pages)", total, used)
     pages: list[Image.Image] = []
     texts: list[str | None] = []
     first_size = (0, 0)
@@ -102,8 +102,7 @@ def _render_pages(document: pdfium.PdfDocument, limits: ImagesConfig, job_id: st
             pages.append(_render(page, index, width_pt, height_pt, limits))
             texts.append(_text_layer(page, index, width_pt * height_pt, job_id))
     log.debug(
-        "[job %s] rendered PDF, %d of %d page(s), %d with a text layer -> %s",
-        job_id,
+        "rendered PDF, %d of %d page(s), %d with a text layer -> %s",
         used,
         total,
         sum(text is not None for text in texts),
@@ -205,7 +204,7 @@ def _text_layer(page: pdfium.PdfPage, index: int, page_area: float, job_id: str)
     try:
         textpage = page.get_textpage()
     except pdfium.PdfiumError:
-        log.info("[job %s] page %d: no readable text layer", job_id, index + 1)
+        log.info("page %d: no readable text layer", index + 1)
         return None
     try:
         text = clean_text(textpage.get_text_range())
@@ -213,11 +212,11 @@ def _text_layer(page: pdfium.PdfPage, index: int, page_area: float, job_id: str)
             return None
         is_scan = _scan_cover(page, page_area) >= SCAN_IMAGE_COVER
         if is_scan and _text_cover(textpage) < MIN_SCAN_TEXT_COVER * page_area:
-            log.info("[job %s] page %d: a scan with a few words on it; OCR reads it", job_id, index + 1)
+            log.info("page %d: a scan with a few words on it; OCR reads it", index + 1)
             return None
         return text
     except pdfium.PdfiumError as exc:
-        log.info("[job %s] page %d: text layer unreadable (%s)", job_id, index + 1, exc)
+        log.info("page %d: text layer unreadable (%s)", index + 1, exc)
         return None
     finally:
         textpage.close()

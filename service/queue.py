@@ -21,27 +21,16 @@ from dataclasses import asdict
 from db.files import FileSeen, FileStore
 from db.models import Job, JobStatus
 from db.store import Store
+from service.errors import QueueFull, WorkerUnavailable
 from service.events import Event, Priority
 from service.files import display_path
+from service.logs import job_context
 from service.messages import Message
 from service.waiting import wait_for, wait_for_all
 
-log = logging.getLogger("tuwen.service")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 FinishedListener = Callable[[Job], None]
-
-
-class QueueFull(Exception):
-    """Too many interactive jobs are waiting; try again after `retry_after` seconds."""
-
-    def __init__(self, limit: int, retry_after: int) -> None:
-        super().__init__(f"{limit} interactive jobs waiting")
-        self.limit = limit
-        self.retry_after = retry_after
-
-
-class WorkerUnavailable(Exception):
-    """No model worker can answer now (loading failed, crashed for good, or the service is stopping)."""
 
 
 TextListener = Callable[[str], None]
@@ -102,9 +91,8 @@ class JobQueue:
                 self._interactive.discard(uid)
                 self._text_listeners.pop(uid, None)
             raise
-        log.info(
-            "[job %s] queued from %s %s (priority %d)", job.uid[:8], job.source, job.source_ref, job.priority
-        )
+        with job_context(job.uid):
+            log.info("queued from %s %s (priority %d)", job.source, job.source_ref, job.priority)
         self.notify()
         return job
 
@@ -203,11 +191,12 @@ class JobQueue:
 
     def updated(self, job: Job) -> None:
         """Announce a changed finished job (e.g. reviewed); listener errors are logged."""
-        for listener in self._updated_listeners:
-            try:
-                listener(job)
-            except Exception:
-                log.exception("[job %s] an updated-job listener failed", job.uid[:8])
+        with job_context(job.uid):
+            for listener in self._updated_listeners:
+                try:
+                    listener(job)
+                except Exception:
+                    log.exception("an updated-job listener failed")
 
     def add_finished_listener(self, listener: FinishedListener) -> None:
         """Call `listener(job)` on the worker thread after each job is recorded done or failed."""
@@ -242,11 +231,12 @@ class JobQueue:
             future = self._futures.pop(job.uid, None)
             if job.priority <= Priority.INTERACTIVE and job.latency_ms:
                 self.recent_job_seconds = 0.8 * self.recent_job_seconds + 0.2 * job.latency_ms / 1000
-        for listener in self._finished_listeners:
-            try:
-                listener(job)
-            except Exception:  # a sink must never take the worker down
-                log.exception("[job %s] a finished-job listener failed", job.uid[:8])
+        with job_context(job.uid):
+            for listener in self._finished_listeners:
+                try:
+                    listener(job)
+                except Exception:  # a sink must never take the worker down
+                    log.exception("a finished-job listener failed")
         if future is not None and not future.done():
             future.set_result(job)
 

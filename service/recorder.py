@@ -26,7 +26,7 @@ from service.queue import JobQueue
 from service.retry import Backoff
 from service.work import Work, join_pages
 
-log = logging.getLogger("tuwen.service.worker")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 T = TypeVar("T")
 

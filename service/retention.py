@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger("tuwen.service.retention")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 SWEEP_SECONDS = 6 * 3600
 DAY_SECONDS = 86400

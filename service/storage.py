@@ -19,7 +19,7 @@ from service.config import Config
 from service.errors import StartupError, StorageUnavailable
 from service.messages import msg
 
-log = logging.getLogger("tuwen.db")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 _CORRUPT = ("file is not a database", "malformed", "database corrupt", "not a database")
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from service.retry import Backoff
 
-log = logging.getLogger("tuwen.service.supervisor")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 UP_STATES = frozenset({"starting", "running"})
 

@@ -22,8 +22,9 @@ from db.models import Job
 from service.config import ImagesConfig
 from service.errors import PermanentError
 from service.images import decode_image
+from service.logs import job_context
 
-log = logging.getLogger("tuwen.http.thumbnails")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 THUMBNAIL_EDGE = 256
 THUMBS_DIR = "thumbs"
@@ -50,7 +51,8 @@ def thumbnail_bytes(job: Job, data_dir: Path, limits: ImagesConfig | None = None
     with contextlib.suppress(OSError):
         if cached.stat().st_mtime >= source_mtime:
             return cached.read_bytes()
-    data = _render(source, limits or ImagesConfig(), job.uid)
+    with job_context(job.uid):
+        data = _render(source, limits or ImagesConfig(), job.uid)
     if data is not None:
         _store(cached, data, job.uid)
     return data
@@ -61,7 +63,7 @@ def _render(source: Path, limits: ImagesConfig, uid: str) -> bytes | None:
     try:
         decoded = decode_image(source, small, uid[:8])
     except PermanentError as exc:
-        log.info("[job %s] no thumbnail for %s: %s", uid[:8], source, exc)
+        log.info("no thumbnail for %s: %s", source, exc)
         return None
     buffer = io.BytesIO()
     decoded.pages[0].save(buffer, "JPEG", quality=80, optimize=True)
@@ -76,6 +78,6 @@ def _store(cached: Path, data: bytes, uid: str) -> None:
         tmp.write_bytes(data)
         os.replace(tmp, cached)
     except OSError as exc:
-        log.warning("[job %s] cannot cache thumbnail %s: %s", uid[:8], cached, exc)
+        log.warning("cannot cache thumbnail %s: %s", cached, exc)
         with contextlib.suppress(OSError):
             tmp.unlink()

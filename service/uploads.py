@@ -40,7 +40,7 @@ from service.errors import PermanentError
 from service.images import decode_image
 from service.messages import Message, msg
 
-log = logging.getLogger("tuwen.http.uploads")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 MAX_REDIRECTS = 3
 # What a data URL may declare: the types of service/formats.py, plus "no idea" (browsers send
@@ -105,7 +105,7 @@ def check_decodes(path: Path, limits: ImagesConfig, job_id: str) -> int:
         status = 413 if exc.code in TOO_LARGE_CODES else 422
         raise ImageRejected(status, exc.message) from exc
     except Exception as exc:  # a decoder bug on a hostile file is the file's problem, not a 500
-        log.exception("[job %s] unexpected error while checking an upload", job_id)
+        log.exception("unexpected error while checking an upload")
         raise ImageRejected(422, msg("image_corrupt")) from exc
 
 

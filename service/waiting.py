@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from db.models import Job, JobStatus
+from service.errors import WorkerUnavailable
 
 if TYPE_CHECKING:
     from service.queue import JobQueue
@@ -25,8 +26,6 @@ async def wait_for(
     queue: JobQueue, uid: str, timeout: float | None, gone: Callable[[], bool], tick: float
 ) -> Job:
     """The finished job `uid` (see the module docstring)."""
-    from service.queue import WorkerUnavailable
-
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     future = queue.result(uid)
@@ -58,8 +57,6 @@ async def wait_for_all(
 ) -> None:
     """Call `on_finished(job)` as each job finishes (in any process), until all have; `WorkerUnavailable`
     when `gone()` says the rest will not be answered."""
-    from service.queue import WorkerUnavailable
-
     pending = set(uids)
     while pending:
         jobs = await asyncio.to_thread(queue.store.jobs_by_uids, sorted(pending))

@@ -33,7 +33,7 @@ from service.retry import Backoff
 from service.supervisor import ComponentStatus, Supervisor
 from service.worker_run import WorkerRun
 
-log = logging.getLogger("tuwen.service.worker")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 MAX_RESTARTS_PER_MINUTE = 3
 WATCHDOG_TICK_SECONDS = 0.25

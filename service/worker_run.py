@@ -27,7 +27,7 @@ from service.work import Work, join_pages, prepare
 if TYPE_CHECKING:
     from service.worker import ModelWorker
 
-log = logging.getLogger("tuwen.service.worker")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 IDLE_SECONDS = 5.0
 CROSS_PROCESS_POLL_SECONDS = 0.25

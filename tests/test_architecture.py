@@ -4,6 +4,7 @@ at module level or inside a function, read with `ast`)."""
 from __future__ import annotations
 
 import ast
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -142,3 +143,11 @@ def test_modules_and_functions_stay_small(path: Path) -> None:
         and node.end_lineno - node.lineno + 1 > 80  # type: ignore[operator]
     ]
     assert long == []
+
+
+@pytest.mark.parametrize("path", sorted(MODULES.values()), ids=lambda p: str(p.relative_to(REPO)))
+def test_logger_names_follow_the_modules(path: Path) -> None:
+    # `tuwen.` + the module, or one of the two names people filter on (README, "Running as a system service").
+    text = path.read_text(encoding="utf-8")
+    names = re.findall(r'getLogger\((f?"[^"]*"|__name__)\)', text)
+    assert all(name in ('f"tuwen.{__name__}"', '"tuwen.vision"', '"tuwen.generate"') for name in names), names

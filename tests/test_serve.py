@@ -105,7 +105,10 @@ def test_serve_health_answer_and_clean_sigterm(service_dir: Path, scan_bytes) ->
     assert "stopped cleanly" in text
     assert "Traceback" not in text
     # Logger names tell vision preprocessing, generation and service events apart.
-    assert "tuwen.vision" in text and "tuwen.service" in text and "tuwen.watch" in text
+    assert "tuwen.vision" in text and "tuwen.service" in text and "tuwen.watchers" in text
+    # Every line of a job carries its id, put there by the log formatter, not pasted by each call.
+    job_lines = [line for line in text.splitlines() if "[job " in line]
+    assert any("tuwen.vision" in line for line in job_lines) and any("done in" in line for line in job_lines)
 
 
 def test_kill_mid_backlog_then_restart_loses_nothing_and_repeats_nothing(

@@ -190,7 +190,7 @@ def test_links_and_special_files_are_skipped_once(  # type: ignore[no-untyped-de
     ordinary = inbox / "ordinary.jpg"
     ordinary.write_bytes(scan_bytes(["普通的文件"]))
     app = build_service(config, backend_factory=backend_factory)
-    with caplog.at_level(logging.INFO, logger="tuwen.watch"):
+    with caplog.at_level(logging.INFO, logger="tuwen.watchers"):
         app.start()
         wait_until(lambda: _sidecar(ordinary), timeout=60)
         time.sleep(2.0)  # many rescans

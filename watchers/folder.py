@@ -44,7 +44,7 @@ from watchers.intake import SOURCE, FileIntake
 from watchers.scanning import FolderRules
 from watchers.stability import StabilityTracker
 
-log = logging.getLogger("tuwen.watch")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 # A watcher that crashes this often within ten minutes gives up (and /health says so).
 MAX_RESTARTS = 10

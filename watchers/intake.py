@@ -30,7 +30,7 @@ from service.messages import Message, msg
 from service.queue import JobQueue, prompt_hash
 from service.sidecars.output import move_sidecars, sidecar_stem, write_sidecars_for_job
 
-log = logging.getLogger("tuwen.watch")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 SOURCE = "watch"
 

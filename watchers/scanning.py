@@ -21,7 +21,7 @@ from service.config import WatchConfig
 from service.files import display_path
 from service.patterns import compile_patterns
 
-log = logging.getLogger("tuwen.watch")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 
 @dataclass(frozen=True)

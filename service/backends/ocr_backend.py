@@ -327,11 +327,10 @@ class OcrBackend:
             try:
                 page = self.engine.read_page(image)
             except Exception as exc:  # an image RapidOCR cannot process fails the same way every time
-                logger.error("job %s: OCR failed on image %d: %s", request.job_id, index, exc)
+                logger.error("OCR failed on image %d: %s", index, exc)
                 raise PermanentError(msg("model_failed", reason=exc)) from exc
             logger.debug(
-                "job %s: image %d: %d characters, rotation %d, needs_review %s",
-                request.job_id,
+                "image %d: %d characters, rotation %d, needs_review %s",
                 index,
                 len(page.text),
                 page.rotation,
@@ -353,7 +352,7 @@ class OcrBackend:
         """Read the images of the last user turn; the question itself is not answered (see module doc)."""
         text, pages = self._read_all(request)
         texts = [page.text for page in pages]
-        logger.info("job %s: OCR read %d image(s)", request.job_id, len(texts))
+        logger.info("OCR read %d image(s)", len(texts))
         finish = "stop"
         limit = request.requested_max_tokens
         if limit is not None and len(text) > limit:

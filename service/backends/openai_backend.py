@@ -281,9 +281,7 @@ class OpenAIBackend:
             finish_reason="length" if finish_reason == "length" else "stop",
             extra={"finish_reason": finish_reason},
         )
-        logger.info(
-            "job %s: %d characters, usage %s, finish %s", request.job_id, len(text), usage, finish_reason
-        )
+        logger.info("%d characters, usage %s, finish %s", len(text), usage, finish_reason)
         return answer
 
     def _with_retries(
@@ -303,9 +301,7 @@ class OpenAIBackend:
                 if hinted is not None and 0 <= hinted <= MAX_BACKOFF_SECONDS:
                     delay = max(delay, hinted)  # the server knows its queue better than our guess
                 then = "giving up for now" if last else f"retrying in {delay:.1f} s"
-                logger.warning(
-                    "job %s: failed (%d/%d): %s; %s", request.job_id, number, attempts, reason, then
-                )
+                logger.warning("failed (%d/%d): %s; %s", number, attempts, reason, then)
                 if last:
                     raise TransientError(msg("model_remote_down", reason=reason)) from exc
                 time.sleep(delay)

@@ -33,7 +33,7 @@ from service.reasoning import ReasoningFilter, split_reasoning
 if TYPE_CHECKING:
     import torch
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"tuwen.{__name__}")
 gen_log = logging.getLogger("tuwen.generate")
 vision_log = logging.getLogger("tuwen.vision")
 
@@ -291,8 +291,7 @@ class TransformersBackend:
             for image in (image for turn in request.turns if turn.role == "user" for image in turn.images):
                 t, h, w = next(grids)
                 vision_log.debug(
-                    "job %s: %dx%d %s image -> %d visual tokens (prompt built in %.3f s)",
-                    request.job_id,
+                    "%dx%d %s image -> %d visual tokens (prompt built in %.3f s)",
                     image.width,
                     image.height,
                     image.mode,
@@ -357,8 +356,7 @@ class TransformersBackend:
             finish = "length" if cut >= self._max_new_tokens(request) else "stop"
             answers.append(Answer(text, int(prompt), cut, reasoning, finish, {"visual_tokens": int(visual)}))
             gen_log.info(
-                "job %s: %d prompt tokens (%d visual), %d new tokens in %.2f s (batch of %d)",
-                request.job_id,
+                "%d prompt tokens (%d visual), %d new tokens in %.2f s (batch of %d)",
                 prompt,
                 visual,
                 cut,

@@ -45,7 +45,7 @@ from service.http.errors import ApiError
 from service.messages import msg
 from service.thumbnails import thumbnail_bytes
 
-log = logging.getLogger("tuwen.http.feed")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 KEEPALIVE_SECONDS = 15.0
 # How often a quiet stream looks whether it should end (server stopping); short so shutdown stays quick.

@@ -49,7 +49,7 @@ from service.http.auth import Scope, require
 from service.http.context import HttpContext
 from service.http.errors import ApiError
 
-log = logging.getLogger("tuwen.http.metrics")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 # Seconds: an interactive answer takes ~0.1 s (OCR, tiny models) to minutes (long answers on a small GPU).
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640)

@@ -58,7 +58,7 @@ from service.messages import Message, msg
 from service.queue import QueueFull, WorkerUnavailable
 from service.uploads import ImageRejected, check_decodes, save_image
 
-log = logging.getLogger("tuwen.http.api")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 PAGE_SOURCES = {"web", "kiosk"}
 WAIT_TICK_SECONDS = 1.0  # how often a waiting request checks that the worker is still there
@@ -156,15 +156,15 @@ class ChatApi:
                 job = await asyncio.to_thread(self.app.queue.submit, event, on_text=relay.on_text)
             except RuntimeError as exc:  # the queue stopped accepting: the service is shutting down
                 raise Refused(503, msg("api_model_unavailable", reason="shutting down")) from exc
-        log.info(
-            "[job %s] %s chat request %s: %d image(s), %d earlier turn(s), stream=%s",
-            job.uid[:8],
-            source,
-            event.request_id,
-            len(event.images),
-            len(event.history),
-            chat.stream,
-        )
+        with job_context(job.uid):
+            log.info(
+                "%s chat request %s: %d image(s), %d earlier turn(s), stream=%s",
+                source,
+                event.request_id,
+                len(event.images),
+                len(event.history),
+                chat.stream,
+            )
         future = self.app.queue.result(job.uid)
         created = int(time.time())
         if chat.stream:
@@ -231,7 +231,8 @@ class ChatApi:
             job = await asyncio.to_thread(
                 self._record_refused, replace(event, images=tuple(paths)), exc.message
             )
-            log.info("[job %s] refused an image: %s", job.uid[:8], exc.message.en)
+            with job_context(job.uid):
+                log.info("refused an image: %s", exc.message.en)
             reason = {413: "too_large", 422: "bad_image"}.get(exc.status)
             raise Refused(exc.status, exc.message, reason=reason, param="messages") from exc
         # No `sha256` on the event: it would let a folder job reuse an answer given with a chat's history.
@@ -295,7 +296,8 @@ class ChatApi:
         if answer.startswith(streamed) and len(answer) > len(streamed):
             yield event(delta({"content": answer[len(streamed) :]}))
         elif answer != streamed:
-            log.warning("[job %s] streamed text differs from the recorded answer", job.uid[:8])
+            with job_context(job.uid):
+                log.warning("streamed text differs from the recorded answer")
         finish = finish_reason(finished, self._max_new_tokens(chat))
         yield event(delta({}, finish), model_version=finished.model_version, answer_kind=finished.answer_kind)
         if with_usage:

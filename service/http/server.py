@@ -27,7 +27,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.config import Config
 
-log = logging.getLogger("tuwen.http.server")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 # File descriptors kept for everything but HTTP connections: the database, watched folders, uploads, logs.
 FD_RESERVE = 128

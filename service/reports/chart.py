@@ -22,7 +22,7 @@ from typing import Any
 from service.messages import msg
 from service.reports.content import ReportData
 
-log = logging.getLogger("tuwen.reports.chart")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 # Preferred first; any font fontconfig says covers Chinese will do.
 _CJK_FAMILIES = ("Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "Noto Serif CJK SC")

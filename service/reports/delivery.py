@@ -25,7 +25,7 @@ from service.messages import msg
 from service.retry import Backoff
 from service.sources import Notifier, NotifyError
 
-log = logging.getLogger("tuwen.service.reports")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 DEFAULT_ATTEMPTS = 4
 DEFAULT_BACKOFF_SECONDS = 5.0  # then 15 s, 45 s: outlasts a short outage without holding a run for long

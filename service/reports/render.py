@@ -36,7 +36,7 @@ from service.csvcells import spreadsheet_cell as csv_cell
 from service.reports.content import collect, period_conditions, scope_conditions
 from service.reports.text import markdown, period_stamp, summary_zh
 
-log = logging.getLogger("tuwen.reports")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 REPORTS_DIR = "reports"
 CSV_COLUMNS = (

@@ -51,7 +51,7 @@ from service.messages import msg
 from service.reports.delivery import Deliverer, DeliveryResult, ReportFilesLike
 from service.sources import Notifier
 
-log = logging.getLogger("tuwen.service.reports")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 STATE_FILE = ".schedule-state.json"  # a leading dot: report names may not start with one (ReportConfig)
 HISTORY_KEEP = 20  # runs remembered per report, newest first, for the web UI and for people reading the file

@@ -30,7 +30,7 @@ from pathlib import Path
 from service.csvcells import spreadsheet_cell
 from service.sidecars.sidecar import SidecarRecord, clean_xml_text
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger(f"tuwen.{__name__}")
 
 CATALOGUE_NAME = "tuwen-catalogue.csv"
 COLUMNS: tuple[str, ...] = ("file", "time", "status", "question", "answer", "ocr_text", "error", "correction")

@@ -25,7 +25,7 @@ from service.jobs import Job, JobStatus, ReviewStatus
 from service.sidecars.catalogue import CATALOGUE_NAME, CatalogueRow, append_catalogue_row, read_catalogue
 from service.sidecars.sidecar import TMP_SUFFIX, SidecarRecord, write_json_sidecar, write_xmp_sidecar
 
-log = logging.getLogger("tuwen.watch.output")
+log = logging.getLogger(f"tuwen.{__name__}")
 
 # The longest suffix a sidecar gets (`.alto.xml` is the longest planned; `.json`, `.xmp` are shorter).
 _LONGEST_SUFFIX = ".alto.xml"

@@ -46,7 +46,7 @@ from service.sidecars.xmp_merge import (
     merge_answer,
 )
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger(f"tuwen.{__name__}")
 
 SIDECAR_SCHEMA = "tuwen-sidecar/1"
 TMP_SUFFIX = ".tuwen-tmp"
@@ -147,7 +147,7 @@ def write_json_sidecar(path: Path, record: SidecarRecord) -> None:
     """Atomically write `record` as indented UTF-8 JSON at `path` (parent folders are created)."""
     text = json.dumps(record_to_dict(record), ensure_ascii=False, indent=2, default=str)
     atomic_write_bytes(path, (text + "\n").encode("utf-8"))
-    logger.debug("job %s: wrote %s", record.job_id, path)
+    logger.debug("wrote %s", path)
 
 
 def write_xmp_sidecar(path: Path, record: SidecarRecord) -> None:
@@ -175,15 +175,14 @@ def write_xmp_sidecar(path: Path, record: SidecarRecord) -> None:
     if outcome.persons_caption_kept:
         # Not a problem, but staff may wonder why their review does not show up as the caption in digiKam.
         logger.info(
-            "job %s: %s has a caption someone else wrote; kept it, tuwen's %s is in tuwen:%s",
-            record.job_id,
+            "%s has a caption someone else wrote; kept it, tuwen's %s is in tuwen:%s",
             path,
             "correction" if record.corrected else "answer",
             "Correction" if record.corrected else "Answer",
         )
     root.set(XMPTK, f"tuwen {__version__}")
     atomic_write_bytes(path, _serialize(root, prefixes))
-    logger.debug("job %s: wrote %s", record.job_id, path)
+    logger.debug("wrote %s", path)
 
 
 def _tuwen_values(record: SidecarRecord) -> dict[str, str]:
@@ -288,7 +287,7 @@ def _load_existing(path: Path, job_id: str) -> tuple[ET.Element, dict[str, str]]
         return root, target.prefixes
     except (ET.ParseError, _UnusableXmp, UnicodeError) as exc:
         backup = _backup(path)
-        logger.warning("job %s: %s is not usable XMP (%s); kept as %s", job_id, path, exc, backup)
+        logger.warning("%s is not usable XMP (%s); kept as %s", path, exc, backup)
         return ET.Element(XMPMETA), {}
 
 
