@@ -36,7 +36,7 @@ from service.errors import StorageUnavailable
 from service.events import ChatTurn, Event, Priority
 from service.jobs import Job, JobStatus
 from service.logs import job_context
-from service.messages import Message, msg
+from service.messages import Message, msg, render
 from service.queue import JobQueue, QueueFull, WorkerUnavailable
 from service.uploads import store_upload
 
@@ -212,7 +212,8 @@ class ChatCore:
         if job.status != JobStatus.DONE:
             if (job.error_code or "").startswith("image_"):
                 self._conversations.pop(key, None)  # the photo itself is the problem: follow-ups cannot help
-            reason = _language_half(job.error or "", lang)
+            # The stored code and parameters, rendered in the user's language (not the stored bilingual text).
+            reason = render(job.error_code, job.error_params, job.error).text(lang)
             return self.say(msg("bot_failed", reason=reason), lang)
         answer = (job.answer or "").strip()
         conversation.turns += [ChatTurn("user", question), ChatTurn("assistant", job.answer or "")]
@@ -302,17 +303,3 @@ def _command(text: str) -> str:
     if not words:
         return ""
     return words[0].split("@", 1)[0].lower() if words[0].startswith("/") else text.strip()
-
-
-def _language_half(error: str, lang: Lang) -> str:
-    """The user's half of a stored bilingual error ("中文 / English").
-
-    A reason filled into a message appears in both halves, so when a reason itself contains " / " the
-    separator is the middle occurrence.
-    """
-    parts = error.split(" / ")
-    if len(parts) < 2:
-        return error
-    middle = len(parts) // 2
-    zh, en = " / ".join(parts[:middle]), " / ".join(parts[middle:])
-    return en if lang == "en" else zh

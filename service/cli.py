@@ -250,9 +250,7 @@ def _jobs(config: Config, args: argparse.Namespace) -> int:
     store.migrate()
     if args.retry or args.retry_failed:
         count = store.retry_failed(args.retry if args.retry else None)
-        print(
-            f"已重新排队 {count} 个失败任务 / re-queued {count} failed job(s); `tuwen serve` will answer them"
-        )
+        print(str(msg("cli_requeued", count=count)))
         return 0
     jobs = store.list_jobs(args.status, args.limit)
     if args.json:
@@ -282,14 +280,12 @@ def _links(config: Config, args: argparse.Namespace) -> int:
 
     auth = Auth(config.http.api_key.get_secret_value())
     base = (args.base_url or f"http://{config.http.host}:{config.http.port}").rstrip("/")
-    for label, path, scope in (
-        ("kiosk 展品问答平板", "/kiosk", Scope.KIOSK),
-        ("feed 大厅展示屏", "/feed", Scope.FEED),
-    ):
+    pages = (("cli_link_kiosk", "/kiosk", Scope.KIOSK), ("cli_link_feed", "/feed", Scope.FEED))
+    for code, path, scope in pages:
         token = auth.token(scope)
-        print(f"{label}: {base}{path}" + (f"?token={token}" if token else ""))
+        print(f"{msg(code)}: {base}{path}" + (f"?token={token}" if token else ""))
     if not auth.enabled:
-        print("（未设置 [http] api_key，页面无需令牌 / no [http] api_key set: the pages need no token）")
+        print(str(msg("cli_links_no_key")))
     return 0
 
 

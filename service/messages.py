@@ -328,6 +328,16 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
         "已中断：{total} 个文件中已完成 {done} 个。再次运行同一命令即可继续，已完成的不会重复处理",
         "interrupted: {done} of {total} files done. Run the same command again to go on; nothing done is repeated",
     ),
+    "cli_requeued": (
+        "已重新排队 {count} 个失败任务，正在运行的 tuwen serve 会回答它们",
+        "re-queued {count} failed job(s); a running tuwen serve answers them",
+    ),
+    "cli_link_kiosk": ("展品问答平板 kiosk", "kiosk (museum tablet)"),
+    "cli_link_feed": ("大厅展示屏 feed", "feed (hall screen)"),
+    "cli_links_no_key": (
+        "（未设置 [http] api_key，页面无需令牌）",
+        "(no [http] api_key set: the pages need no token)",
+    ),
     "cli_interrupted": ("已中断，未做任何更改", "interrupted; nothing was changed"),
     "cli_batch_summary": (
         "完成 {done}，失败 {failed}，共 {total}",

@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from bots.core import ChatCore, IncomingMessage, _language_half, split_message, utf16_length
+from bots.core import ChatCore, IncomingMessage, split_message, utf16_length
 from db.models import Job
 from service.app import App
 from service.composition import build_service
 from service.config import Config
 from service.errors import PermanentError
 from service.events import Event, Priority
-from service.messages import msg
+from service.messages import msg, render
 
 Spine = Callable[..., tuple[App, ChatCore]]
 
@@ -245,10 +245,13 @@ def test_slow_answer_times_out_with_a_reply(
     assert time.monotonic() - started < 0.7
 
 
-def test_language_half_survives_a_slash_in_the_reason() -> None:
-    stored = str(msg("image_unreadable", reason="a / b"))
-    assert _language_half(stored, "zh") == "无法读取文件：a / b"
-    assert _language_half(stored, "en") == "cannot read file: a / b"
+def test_a_stored_error_is_rendered_in_the_users_language_even_with_a_slash_in_it() -> None:
+    stored = msg("image_unreadable", reason="a / b")
+    again = render(stored.code, stored.json_params(), str(stored))
+    assert again.text("zh") == "无法读取文件：a / b"
+    assert again.text("en") == "cannot read file: a / b"
+    legacy = render("image_unreadable", None, str(stored))  # a row from before parameters were stored
+    assert legacy.text("zh").startswith("无法读取文件")
 
 
 # -- split_message ---------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from db.models import Job
 from service.config import DEFAULT_PROMPT
 from service.events import ChatTurn, GenerationOptions
 from service.http.errors import ApiError, error_response
-from service.messages import Message, msg
+from service.messages import Message, msg, render
 
 
 class _ImageURL(BaseModel):
@@ -278,9 +278,8 @@ def completion_body(job: Job, model_name: str, created: int, max_new_tokens: int
 
 
 def job_error(job: Job) -> Message:
-    """A failed job's recorded message as a `Message` again (it is stored as "中文 / English")."""
-    zh, separator, en = (job.error or "").partition(" / ")
-    return Message(job.error_code or "unexpected", zh, en if separator else zh)
+    """A failed job's message again, from its stored code and parameters (the stored text as fallback)."""
+    return render(job.error_code, job.error_params, job.error)
 
 
 def sse(data: dict[str, Any] | str) -> str:
