@@ -1,7 +1,7 @@
 """API benchmark: what does the service add on top of calling the backend directly?
 
 Not a test: it takes a minute or two and its numbers depend on the machine. Same model (the tiny random
-GLM-4V from tests/tinyglm.py, greedy, `max_new_tokens` 8), same image (a rendered 1000×700 scan, JPEG), same
+GLM-4V from bench/tinyglm.py, greedy, `max_new_tokens` 8), same image (a rendered 1000×700 scan, JPEG), same
 question on both sides.
 
 (a) **direct** — this process loads `TransformersBackend` and calls it the way a bare script would:
@@ -26,8 +26,6 @@ import base64
 import json
 import os
 import platform
-import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -48,16 +46,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tiny model is local; never w
 
 import httpx  # noqa: E402
 
+from bench.render import render_text_image  # noqa: E402
+from bench.serving import free_port, running_service, wait_healthy  # noqa: E402
+from bench.tinyglm import build_tiny_glm  # noqa: E402
 from service.backends.base import Answer, single_image_request  # noqa: E402
 from service.config import Config, ImagesConfig, ModelConfig  # noqa: E402
 from service.images import decode_image  # noqa: E402
-from tests.render import render_text_image  # noqa: E402
-from tests.tinyglm import build_tiny_glm  # noqa: E402
 
 QUESTION = "图中写了什么？"
 MAX_NEW_TOKENS = 8
-HEALTH_TIMEOUT_S = 180.0
-STOP_GRACE_S = 40.0
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -149,13 +146,6 @@ class Direct:
 # -- (b), (c) the service ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def tuwen_serve(root: Path, model_dir: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
     """`tuwen serve` with the tiny model; always stopped on exit (SIGTERM, then SIGKILL)."""
@@ -180,39 +170,9 @@ def tuwen_serve(root: Path, model_dir: Path, port: int) -> Iterator[subprocess.P
         ),
         encoding="utf-8",
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TUWEN_")}
-    command = [sys.executable, "-c", "import sys; from service.cli import main; sys.exit(main())"]
-    with open(root / "serve.log", "wb") as log:
-        process = subprocess.Popen(
-            [*command, "serve", "-c", str(config)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        try:
-            _wait_healthy(port, process, root / "serve.log")
-            yield process
-        finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=STOP_GRACE_S)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=10)
-
-
-def _wait_healthy(port: int, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + HEALTH_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"tuwen serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}"
-            )
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass  # not listening yet
-        time.sleep(0.2)
-    raise TimeoutError(f"/health not 200 after {HEALTH_TIMEOUT_S:.0f} s")
+    with running_service(config, root / "serve.log") as process:
+        wait_healthy(port, process, root / "serve.log")
+        yield process
 
 
 def interleaved(direct: Direct, client: httpx.Client, body: dict[str, Any], count: int) -> dict[str, Any]:

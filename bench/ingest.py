@@ -32,18 +32,13 @@ import json
 import math
 import os
 import shutil
-import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,16 +49,15 @@ if str(REPO) not in sys.path:  # `python bench/ingest.py` puts bench/, not the r
 
 from PIL import Image  # noqa: E402
 
+from bench.render import render_text_image  # noqa: E402
+from bench.serving import free_port, running_service, tail, wait_healthy  # noqa: E402
 from service.backends.ocr_backend import OcrEngine  # noqa: E402
 from service.config import ImagesConfig  # noqa: E402
 from service.images import decode_image  # noqa: E402
-from tests.render import render_text_image  # noqa: E402
 
 SCAN_SIZE = (1000, 700)
 BIG_SIZE = (6000, 4000)
 TARGET_RATIO = 1.10
-HEALTH_TIMEOUT_S = 180.0
-STOP_GRACE_S = 40.0  # longer than the service's own 30 s stop timeout
 
 
 CPUS = os.cpu_count() or 1
@@ -273,13 +267,6 @@ def bare_loop(engine: OcrEngine, paths: list[Path]) -> Span:
 # -- (b) the real service --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def write_config(root: Path, inbox: Path, port: int, stable_seconds: float) -> Path:
     """A minimal config: embedded OCR, one watch, HTTP for /health, everything under `root`."""
     config = root / "config.toml"
@@ -303,69 +290,6 @@ def write_config(root: Path, inbox: Path, port: int, stable_seconds: float) -> P
         encoding="utf-8",
     )
     return config
-
-
-def tuwen_command(config: Path) -> list[str]:
-    """`tuwen serve -c CONFIG` with the console script beside this interpreter (the venv's), if present."""
-    script = Path(sys.executable).with_name("tuwen")
-    if script.is_file():
-        return [str(script), "serve", "-c", str(config)]
-    return [
-        sys.executable,
-        "-c",
-        "import sys; from service.cli import main; sys.exit(main())",
-        "serve",
-        "-c",
-        str(config),
-    ]
-
-
-@contextmanager
-def running_service(config: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Start `tuwen serve`; on exit always stop it: SIGTERM, then SIGKILL after `STOP_GRACE_S`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TUWEN_")}  # no stray overrides
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            tuwen_command(config), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        try:
-            yield process
-        finally:
-            stop_process(process)
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (tuwen's clean stop path), then SIGKILL if it has not exited in time."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
-
-
-def wait_healthy(port: int, process: subprocess.Popen[bytes], log_path: Path) -> float:
-    """Poll GET /health until 200 (the OCR model is loaded and warmed up). Returns seconds waited."""
-    started = time.perf_counter()
-    url = f"http://127.0.0.1:{port}/health"
-    while time.perf_counter() - started < HEALTH_TIMEOUT_S:
-        if process.poll() is not None:
-            raise RuntimeError(f"tuwen serve exited with {process.returncode}:\n{tail(log_path)}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return time.perf_counter() - started
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass  # not listening yet, or 503 while the model loads
-        time.sleep(0.1)
-    raise TimeoutError(f"/health not 200 after {HEALTH_TIMEOUT_S:.0f} s:\n{tail(log_path)}")
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    """The last lines of a log file, for error messages."""
-    return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
 
 
 def wait_for_sidecars(

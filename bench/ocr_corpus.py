@@ -43,13 +43,13 @@ if str(REPO) not in sys.path:  # `python bench/ocr_corpus.py` puts bench/, not t
 from PIL import Image  # noqa: E402
 
 from bench.ingest import Meter, scan_lines  # noqa: E402
-from service.backends.ocr_backend import OcrEngine, order_lines  # noqa: E402
-from tests.render import (  # noqa: E402
+from bench.render import (  # noqa: E402
     fade_region,
     render_table_image,
     render_text_image,
     render_vertical_page,
 )
+from service.backends.ocr_backend import OcrEngine, order_lines  # noqa: E402
 
 
 @dataclass

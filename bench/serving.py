@@ -32,7 +32,9 @@ def tuwen_command(config: Path) -> list[str]:
 @contextmanager
 def running_service(config: Path, log_path: Path, **popen: object) -> Iterator[subprocess.Popen[bytes]]:
     """`tuwen serve` in the background with its output in `log_path`; stopped with SIGTERM afterwards."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # No stray TUWEN_* overrides from the caller's shell: the config file says everything.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUWEN_")}
+    env["PYTHONUNBUFFERED"] = "1"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(  # type: ignore[call-overload]
             tuwen_command(config), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env, **popen
@@ -43,7 +45,11 @@ def running_service(config: Path, log_path: Path, **popen: object) -> Iterator[s
         stop_process(process)
 
 
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+STOP_GRACE_S = 40.0  # longer than the service's own 30 s stop timeout
+HEALTH_TIMEOUT_S = 180.0
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = STOP_GRACE_S) -> None:
     """SIGTERM, then SIGKILL if it has not stopped within `timeout`."""
     if process.poll() is not None:
         return
@@ -56,7 +62,7 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 60.0) -> Non
 
 
 def wait_healthy(
-    port: int, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 120.0
+    port: int, process: subprocess.Popen[bytes], log_path: Path, timeout: float = HEALTH_TIMEOUT_S
 ) -> float:
     """Seconds until `/health` answered 200; SystemExit with the log's tail if it dies or never gets there."""
     started = time.monotonic()

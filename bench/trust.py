@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.render import render_text_image  # noqa: E402
 from bench.serving import free_port, running_service, wait_healthy  # noqa: E402
-from tests.render import render_text_image  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,1 +1,1 @@
-"""Chat-bot adapters (Telegram, WeChat, WeCom) arrive in a later issue; each will be one thin file here."""
+"""Chat-bot adapters: one thin file per platform (Telegram, WeCom, WeChat) over the shared `bots.core.ChatCore`."""

@@ -33,7 +33,7 @@ from typing import Literal
 from bots.split import split_message, utf16_length
 from service.config import BotConfig, Config
 from service.errors import StorageUnavailable
-from service.events import ChatTurn, Event, Priority
+from service.events import ChatTurn, Event, Priority, Source
 from service.jobs import Job, JobStatus
 from service.logs import job_context
 from service.messages import Message, msg, render
@@ -167,10 +167,6 @@ class ChatCore:
         )
         return await self.handle(combined)
 
-    def reset(self, chat_id: str, user_id: str) -> None:
-        """Forget a user's conversation (the same as `/new`)."""
-        self._conversations.pop((chat_id, user_id), None)
-
     # -- asking ----------------------------------------------------------------------------------
 
     async def _ask(self, message: IncomingMessage, key: tuple[str, str], lang: Lang) -> list[str]:
@@ -227,7 +223,7 @@ class ChatCore:
     ) -> Job | Message:
         """Queue the question; a catalogue message when the queue is shutting down."""
         event = Event(
-            source=self.platform,
+            source=Source(self.platform),
             source_ref=message.chat_id,
             question=question,
             images=conversation.images,

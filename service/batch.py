@@ -20,7 +20,7 @@ from tqdm import tqdm
 from db.models import Job, JobStatus
 from service.config import WatchConfig
 from service.csvcells import spreadsheet_cell
-from service.events import Event, Priority
+from service.events import Event, Priority, Source
 from service.files import display_path
 from service.images import sha256_file
 from service.messages import msg
@@ -76,7 +76,7 @@ def run_batch(
                 run.worker.answer_only({previous.uid})
             continue
         event = Event(
-            source="batch",
+            source=Source.BATCH,
             source_ref=display_path(folder),
             question=prompt,
             images=(str(path),),

@@ -19,6 +19,7 @@ from service.backup import backup_command
 from service.config import DEFAULT_IGNORE, DEFAULT_PROMPT, Config
 from service.config_load import load_config
 from service.errors import ConfigError
+from service.events import Source
 from service.healthcheck import health_command
 from service.logs import setup_logging
 from service.messages import msg
@@ -187,7 +188,7 @@ def _ask(config: Config, args: argparse.Namespace) -> int:
     try:
         job = run.submit(
             Event(
-                source="cli",
+                source=Source.CLI,
                 question=question,
                 images=(str(image),),
                 priority=Priority.CLI,

@@ -13,7 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from service.cron import cron_trigger
 
+# A watched folder's question when its [[watch]] names none (and `tuwen ask` / `tuwen batch` without one).
 DEFAULT_PROMPT = "请用20字以内描述图中场景、人物和时间特征"
+# A person's question when they send a picture with no words: a chat photo without a caption, an API message
+# with only an image.
+DEFAULT_QUESTION = "这是什么？请简要描述。"
 
 # paperless-ngx's lesson: NAS, sync and OS litter must never become jobs. Our own sidecars and temporary
 # files are here too so writing a sidecar never triggers a job.
@@ -178,7 +182,7 @@ class BotConfig(Strict):
     allowed_user_ids: list[str] = Field(default_factory=list)
     allowed_chat_ids: list[str] = Field(default_factory=list)
     rate_limit_per_minute: int = Field(6, ge=1, le=1000)
-    default_question: str = "这是什么？请简要描述。"
+    default_question: str = DEFAULT_QUESTION
     max_turns: int = Field(6, ge=1, le=50)
     conversation_minutes: float = Field(30.0, gt=0)
     answer_timeout_seconds: float = Field(300.0, gt=0)

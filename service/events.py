@@ -32,6 +32,10 @@ class Source(enum.StrEnum):
     WECOM = "wecom"
 
 
+# Sources whose question is a configured prompt about a file on disk (not a person's words in a chat).
+FILE_SOURCES = frozenset({Source.WATCH, Source.BATCH, Source.CLI})
+
+
 @dataclass(frozen=True)
 class GenerationOptions:
     """What a caller may ask of the generation, beside the config's defaults; None = "as configured".

@@ -22,7 +22,7 @@ from db.files import FileSeen, FileStore
 from db.models import Job, JobStatus
 from db.store import Store
 from service.errors import QueueFull, WorkerUnavailable
-from service.events import Event, Priority
+from service.events import FILE_SOURCES, Event, Priority
 from service.files import display_path
 from service.logs import job_context
 from service.messages import Message
@@ -306,7 +306,7 @@ def _raw_fields(event: Event, uid: str) -> dict[str, object]:
         # Display form (undecodable bytes as U+FFFD): a text column cannot hold a GBK name's raw bytes; the
         # real path stays in `images`, whose JSON keeps them escaped.
         "file_path": display_path(event.images[0])
-        if event.source in ("watch", "batch", "cli") and event.images
+        if event.source in FILE_SOURCES and event.images
         else None,
         "file_size": event.file_size,
         "file_mtime": event.file_mtime,

@@ -16,7 +16,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def tiny_glm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A standard GLM-4V checkpoint folder with random weights, built offline."""
-    from tests.tinyglm import build_tiny_glm
+    from bench.tinyglm import build_tiny_glm
 
     return build_tiny_glm(tmp_path_factory.mktemp("tiny-glm4v"))
 
@@ -34,8 +34,8 @@ from service.config import Config, HttpConfig, ImagesConfig, StorageConfig, Watc
 @pytest.fixture(scope="session")
 def ocr_engine():  # type: ignore[no-untyped-def]
     """One RapidOCR engine for the whole run (its ONNX sessions take seconds to build)."""
+    from bench.render import render_text_image
     from service.backends.ocr_backend import OcrEngine
-    from tests.render import render_text_image
 
     engine = OcrEngine()
     engine.read(render_text_image(["预热 warm-up"], size=(300, 80), font_size=24))  # loads all three models
@@ -148,7 +148,7 @@ def scan_bytes() -> Callable[..., bytes]:
     """JPEG bytes of a rendered Chinese/English 'scan'."""
     import io
 
-    from tests.render import render_text_image
+    from bench.render import render_text_image
 
     def make(lines: list[str] | None = None, size: tuple[int, int] = (600, 300)) -> bytes:
         image = render_text_image(lines or ["图问档案馆", "Archive scan"], size=size, font_size=32)

@@ -1,6 +1,6 @@
 """Real PDF, HEIC and AVIF files for tests, written here so every byte of them is known.
 
-PDFs with text come from fpdf2 (a real text layer, with a subset of the CJK font `tests/render.py` uses);
+PDFs with text come from fpdf2 (a real text layer, with a subset of the CJK font `bench/render.py` uses);
 scan-like PDFs are rendered pages saved by PIL, which is what a scanner's "save as PDF" writes. HEIC files
 come from pillow-heif, AVIF files from Pillow's own plugin.
 """
@@ -15,7 +15,7 @@ from fpdf import FPDF
 from fpdf.enums import TextMode
 from PIL import Image
 
-from tests.render import find_cjk_font, render_text_image
+from bench.render import find_cjk_font, render_text_image
 
 ORIENTATION = 0x0112
 SECRET = "Confidential: county archive file 17"

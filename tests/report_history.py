@@ -17,13 +17,13 @@ from typing import Any
 
 from sqlalchemy import update
 
+from bench.render import render_text_image
 from db.models import Job
 from service.composition import build_one_shot
 from service.config import Config, HttpConfig, StorageConfig, WatchConfig
 from service.events import Event
 from service.images import sha256_file
 from tests.conftest import InstrumentedBackend
-from tests.render import render_text_image
 
 HOSTILE_ANSWER = '<script>window.pwned=1</script><img src=x onerror="window.pwned=2"> 危险的回答'
 FORMULA_ANSWER = '=HYPERLINK("http://evil.example/","点我")'

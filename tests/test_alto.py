@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from defusedxml import ElementTree as SafeET
 
+from bench.render import render_vertical_page
 from service.backends.ocr_backend import OcrEngine
 from service.sidecars.alto import ALTO_NS, alto_xml
-from tests.render import render_vertical_page
 
 NS = {"a": ALTO_NS}
 

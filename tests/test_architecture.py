@@ -124,6 +124,24 @@ def test_there_is_no_import_cycle() -> None:
     assert cycles == []
 
 
+def test_nothing_shipped_or_measured_imports_the_tests() -> None:
+    # bench/ holds the shared fixtures (rendered scans, the tiny GLM-4V); tests import them, never the
+    # reverse, so a benchmark runs from a checkout without the test suite's conftest machinery.
+    offenders = []
+    for folder in (*PACKAGES, "bench"):
+        for path in (REPO / folder).rglob("*.py"):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    names = [node.module]
+                bad = [name for name in names if name.split(".")[0] == "tests"]
+                offenders += [f"{path.relative_to(REPO)} imports {name}" for name in bad]
+    assert offenders == []
+
+
 def test_the_rules_see_the_code() -> None:
     # The checks above would pass on an empty graph: make sure they read the real one.
     assert "service.composition" in GRAPH and "watchers.folder" in GRAPH["service.composition"]
@@ -139,8 +157,7 @@ def test_modules_and_functions_stay_small(path: Path) -> None:
     long = [
         f"{node.name} ({node.end_lineno - node.lineno + 1} lines)"  # type: ignore[operator]
         for node in ast.walk(tree)
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-        and node.end_lineno - node.lineno + 1 > 80  # type: ignore[operator]
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 80  # type: ignore[operator]
     ]
     assert long == []
 

@@ -17,11 +17,11 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from bench.render import render_text_image
 from service.config import Config, HttpConfig, ImagesConfig, StorageConfig
 from service.http.auth import SESSION_COOKIE, Auth, Scope
 from tests.conftest import InstrumentedBackend
 from tests.live import LiveService, running_service
-from tests.render import render_text_image
 
 KEY = "csrf-test-key-0123456789abcdef"
 EVIL = "http://evil.example"

@@ -18,13 +18,13 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
+from bench.render import render_text_image
 from db.models import Job
 from service.config import Config, HttpConfig, ImagesConfig, StorageConfig, WatchConfig
 from service.events import ChatTurn, Event, Priority
 from service.http.auth import Auth, Scope
 from tests.conftest import InstrumentedBackend, wait_until
 from tests.live import LiveService, running_service
-from tests.render import render_text_image
 
 KEY = "history-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -9,11 +9,11 @@ from typing import cast
 import pytest
 from PIL import Image, ImageDraw
 
+from bench.render import _font, render_text_image
 from service.backends.base import Backend, Request, Turn, single_image_request
 from service.backends.ocr_backend import OcrBackend, OcrEngine, order_lines
 from service.config import Config
 from service.messages import msg
-from tests.render import _font, render_text_image
 
 SCAN_LINES = [
     "图问档案馆 2024年3月",

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from bench.render import fade_region, render_table_image, render_text_image, render_vertical_page
 from service.backends.base import single_image_request
 from service.backends.ocr_backend import OcrBackend, OcrEngine
 from service.backends.ocr_page import REVIEW_CONFIDENCE, OcrPage
 from service.config import Config
-from tests.render import fade_region, render_table_image, render_text_image, render_vertical_page
 
 TITLE = "臺北縣政府佈告"
 BODY = ["為佈告事照得本縣近來盜匪橫行", "凡我居民務須互相守望", "如有形跡可疑之人即行報告", "切切此佈"]

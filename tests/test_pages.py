@@ -18,11 +18,11 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from bench.render import render_text_image
 from service.config import Config
 from service.http.auth import Auth, Scope
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.live import LiveService, running_service
-from tests.render import render_text_image
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect

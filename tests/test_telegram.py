@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from bench.render import render_text_image
 from bots.core import utf16_length
 from bots.telegram import TelegramBot
 from db.models import Job
@@ -28,7 +29,6 @@ from service.messages import msg
 from tests import documents
 from tests.conftest import wait_until
 from tests.fake_telegram import FakeTelegram, fake_telegram, message, photo
-from tests.render import render_text_image
 
 TOKEN = "123456789:AAE-secret-Token_for_tests"
 Start = Callable[..., tuple[App, TelegramBot]]

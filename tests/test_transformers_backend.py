@@ -1,4 +1,4 @@
-"""The transformers backend, end to end on a tiny random GLM-4V checkpoint built offline (tests/tinyglm.py).
+"""The transformers backend, end to end on a tiny random GLM-4V checkpoint built offline (bench/tinyglm.py).
 
 Everything here runs the real path: the standard checkpoint folder, AutoModelForImageTextToText, the GLM-4V
 processor (image-only, since torchvision cannot be installed beside CPU torch) and generate().

@@ -20,11 +20,11 @@ import httpx
 import pytest
 from PIL import Image
 
+from bench.render import render_text_image
 from service.http import uploads
 from service.uploads import ImageRejected, decode_data_url, extension_for, fetch_image_url, store_upload
 from tests import documents
 from tests.live import running_service
-from tests.render import render_text_image
 
 REFUSED = "10.1.2.3 172.16.0.1 192.168.1.10 127.0.0.1 169.254.169.254 100.64.0.1 0.0.0.0 224.0.0.1 240.0.0.1"
 REFUSED_V6 = "::1 fe80::1 fd00::1 ::ffff:10.0.0.1 ::ffff:127.0.0.1"

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from bench.render import render_text_image
 from db.models import JobStatus
 from service.app import App
 from service.composition import build_service
 from tests import documents
 from tests.conftest import wait_until
-from tests.render import render_text_image
 
 
 def _sidecar(path: Path) -> dict[str, object] | None:

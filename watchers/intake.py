@@ -22,7 +22,7 @@ from pathlib import Path
 
 from service.config import WatchConfig
 from service.errors import PermanentError, StorageUnavailable
-from service.events import Event, Priority
+from service.events import Event, Priority, Source
 from service.files import display_path
 from service.images import sha256_file
 from service.jobs import FileSeen, Job, JobStatus
@@ -32,7 +32,7 @@ from service.sidecars.output import move_sidecars, sidecar_stem, write_sidecars_
 
 log = logging.getLogger(f"tuwen.{__name__}")
 
-SOURCE = "watch"
+SOURCE = Source.WATCH
 
 
 def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:

@@ -16,7 +16,7 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from db.models import Job
-from service.config import DEFAULT_PROMPT
+from service.config import DEFAULT_QUESTION
 from service.events import ChatTurn, GenerationOptions
 from service.http.errors import ApiError, error_response
 from service.messages import Message, msg, render
@@ -210,7 +210,7 @@ def conversation_of(chat: ChatRequest, max_images: int = 1000) -> Conversation:
         raise Refused(400, msg("api_too_many_images", count=len(ordered), limit=max_images), param="messages")
     history = tuple(ChatTurn(role, text) for role, text, _ in turns[:-1])
     return Conversation(
-        question=question if question.strip() else DEFAULT_PROMPT, history=history, image_urls=ordered
+        question=question if question.strip() else DEFAULT_QUESTION, history=history, image_urls=ordered
     )
 
 

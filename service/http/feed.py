@@ -39,6 +39,7 @@ from sqlalchemy import ColumnElement, and_, false, or_, select
 
 from db.models import Job, JobStatus, ReviewStatus
 from service.config import FeedConfig
+from service.events import Source
 from service.http.auth import Scope, require
 from service.http.context import HttpContext
 from service.http.errors import ApiError
@@ -92,16 +93,16 @@ class FeedHub:
         """
         if job.status != JobStatus.DONE:
             return False
-        if job.source == "watch":
+        if job.source == Source.WATCH:
             return job.source_ref in self.config.watches
         return job.source in self.config.sources
 
     def condition(self) -> ColumnElement[bool]:
         """`matches` as a SQL condition, for the items sent on connect."""
-        sources = [s for s in self.config.sources if s != "watch"]
+        sources = [s for s in self.config.sources if s != Source.WATCH]
         watches = list(self.config.watches)
         shown = or_(
-            and_(Job.source == "watch", Job.source_ref.in_(watches)) if watches else false(),
+            and_(Job.source == Source.WATCH, Job.source_ref.in_(watches)) if watches else false(),
             Job.source.in_(sources) if sources else false(),
         )
         return and_(Job.status == JobStatus.DONE, shown)

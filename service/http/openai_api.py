@@ -34,7 +34,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from db.models import Job, JobStatus
-from service.events import Event, Priority
+from service.events import Event, Priority, Source
 from service.http.auth import Scope
 from service.http.chat_shapes import (
     ChatRequest,
@@ -60,7 +60,7 @@ from service.uploads import ImageRejected, check_decodes, save_image
 
 log = logging.getLogger(f"tuwen.{__name__}")
 
-PAGE_SOURCES = {"web", "kiosk"}
+PAGE_SOURCES = {Source.WEB, Source.KIOSK}
 WAIT_TICK_SECONDS = 1.0  # how often a waiting request checks that the worker is still there
 GONE_STATES = {"failed", "dead", "stopped"}
 _DONE = None  # end-of-answer marker in a streaming relay's queue
@@ -69,7 +69,7 @@ _DONE = None  # end-of-answer marker in a streaming relay's queue
 def header_source(request: Request) -> str:
     """The source label a request asks for: `web`/`kiosk` from X-Tuwen-Source, anything else `api`."""
     label = request.headers.get("x-tuwen-source", "").strip().lower()
-    return label if label in PAGE_SOURCES else "api"
+    return Source(label) if label in PAGE_SOURCES else Source.API
 
 
 class _Relay:
@@ -104,7 +104,7 @@ class ChatApi:
 
     def source_of(self, request: Request) -> str:
         """`web`/`kiosk` from X-Tuwen-Source, else `api`; a kiosk-only credential always makes `kiosk`."""
-        return header_source(request) if Scope.FULL in self.ctx.auth.scopes_of(request) else "kiosk"
+        return header_source(request) if Scope.FULL in self.ctx.auth.scopes_of(request) else Source.KIOSK
 
     async def handle(self, request: Request) -> Response:
         """Answer one chat request, counting it (and any refusal) in the metrics."""

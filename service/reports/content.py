@@ -41,11 +41,12 @@ from db.history import ReviewStats, review_stats
 from db.models import Job, JobStatus
 from db.store import Store
 from service.config import ImagesConfig, ReportConfig
+from service.events import FILE_SOURCES, Source
 from service.messages import all_codes, msg
 from service.reports.items import LinkContext, ReportItem, corrections, new_items, source_names
 
 # Sources whose question is the configured prompt rather than something a person typed.
-PROMPT_SOURCES = frozenset({"watch", "batch", "cli"})
+PROMPT_SOURCES = FILE_SOURCES
 MAX_QUESTIONS = 10
 BUSIEST_HOURS = 3
 
@@ -163,10 +164,10 @@ def scope_conditions(report: ReportConfig) -> list[ColumnElement[bool]]:
     """WHERE conditions for the report's `sources` / `watches` (see the module docstring)."""
     if not report.sources and not report.watches:
         return []
-    other_sources = [source for source in report.sources if source != "watch"]
+    other_sources = [source for source in report.sources if source != Source.WATCH]
     if report.watches:
-        folders: ColumnElement[bool] = and_(Job.source == "watch", Job.source_ref.in_(report.watches))
-    elif "watch" in report.sources:
+        folders: ColumnElement[bool] = and_(Job.source == Source.WATCH, Job.source_ref.in_(report.watches))
+    elif Source.WATCH in report.sources:
         folders = Job.source == "watch"
     else:
         folders = false()

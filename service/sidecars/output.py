@@ -124,17 +124,7 @@ def catalogue_row_for_job(job: Job, watch: WatchConfig) -> CatalogueRow:
     file = real_path(job)
     assert file is not None
     shown = file.relative_to(watch.path) if file.is_relative_to(watch.path) else file
-    record = record_for_job(job)
-    return CatalogueRow(
-        file=display_path(shown),
-        time=record.created_at,
-        status=record.status,
-        question=record.question,
-        answer=record.answer or "",
-        ocr_text=record.ocr_text or "",
-        error=record.error or "",
-        correction=record.correction or "",
-    )
+    return CatalogueRow.from_record(record_for_job(job), file=display_path(shown))
 
 
 def append_to_catalogue(job: Job, watch: WatchConfig) -> bool:
