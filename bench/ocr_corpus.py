@@ -8,9 +8,11 @@ character and its place in the reading order is known:
 - **table**: 成绩单 score tables, ruled and unruled, with empty cells;
 - **rotated**: pages of the three kinds above turned 90°, 180° and 270°;
 - **faded**: horizontal scans with one line faded, blurred and grained (for the review flag).
-PDF and HEIC kinds are for the integrator, who owns decoding (`service.images`): add a function returning
-`Sample`s to `KINDS` (e.g. render a page with pypdfium2 or save one with pillow-heif, then decode it the way
-the worker does) and it is measured like the rest.
+- **pdf**: a scanner's PDF (rendered pages saved by PIL at 150 dpi, no text layer), decoded the way the
+  worker does (`service.images.decode_image`: pypdfium2 at the resolution `[images] max_edge` needs);
+- **heic**: phone photos of scans as HEIC, stored sideways with an EXIF orientation tag (pillow-heif),
+  decoded the way the worker does (turned upright from the tag).
+A PDF page with a real text layer is not measured: its text is taken as it is, with no reading at all.
 
 Per page and reader: CER (edit distance over the reference, whitespace ignored, in reading order), reading-
 order errors (reference lines that must move to restore the order: count minus the longest increasing run
@@ -26,10 +28,12 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import io
 import json
 import random
 import statistics
 import sys
+import tempfile
 import time
 from bisect import bisect_left
 from collections.abc import Callable
@@ -50,6 +54,8 @@ from bench.render import (  # noqa: E402
     render_vertical_page,
 )
 from service.backends.ocr_backend import OcrEngine, order_lines  # noqa: E402
+from service.config import ImagesConfig  # noqa: E402
+from service.images import decode_image  # noqa: E402
 
 
 @dataclass
@@ -213,13 +219,50 @@ def faded_samples() -> list[Sample]:
     return samples
 
 
+def _decoded(data: bytes, suffix: str) -> list[Image.Image]:
+    """Pages of a file as the worker sees them (written to a temporary file, decoded by service.images)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"page{suffix}"
+        path.write_bytes(data)
+        return decode_image(path, ImagesConfig(), "bench").pages
+
+
+def pdf_samples() -> list[Sample]:
+    """Four horizontal scans in one scanner PDF (A4 pages at 150 dpi), decoded page by page."""
+    lines = [scan_lines(40 + i) for i in range(4)]
+    images = [render_text_image(page, size=(1240, 1754), font_size=56) for page in lines]
+    buffer = io.BytesIO()
+    images[0].save(buffer, "PDF", save_all=True, append_images=images[1:], resolution=150)
+    pages = _decoded(buffer.getvalue(), ".pdf")
+    return [Sample("pdf", f"p{i}", page, lines[i]) for i, page in enumerate(pages)]
+
+
+def heic_samples() -> list[Sample]:
+    """Four phone photos of scans as HEIC, stored turned 90° with orientation 6 ("turn 90° clockwise")."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    samples = []
+    for i in range(4):
+        lines = scan_lines(60 + i)
+        sideways = render_text_image(lines).rotate(90, expand=True)
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        buffer = io.BytesIO()
+        sideways.save(buffer, "HEIF", exif=exif.tobytes(), quality=90)
+        (page,) = _decoded(buffer.getvalue(), ".heic")
+        samples.append(Sample("heic", f"e{i}", page, lines))
+    return samples
+
+
 KINDS: dict[str, Callable[[], list[Sample]]] = {
     "horizontal": horizontal_samples,
     "vertical": vertical_samples,
     "table": table_samples,
     "rotated": rotated_samples,
     "faded": faded_samples,
-    # "pdf": ..., "heic": ...  (see the module docstring)
+    "pdf": pdf_samples,
+    "heic": heic_samples,
 }
 
 

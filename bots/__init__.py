@@ -1,1 +1,1 @@
-"""Chat-bot adapters: one thin file per platform (Telegram, WeCom, WeChat) over the shared `bots.core.ChatCore`."""
+"""Chat-bot adapters: one thin file per platform (Telegram, WeCom, WeChat) over `bots.core.ChatCore`."""

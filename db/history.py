@@ -241,7 +241,12 @@ def wilson_interval(successes: int, trials: int, z: float = _Z) -> tuple[float, 
 
 
 def sample_for_review(store: Store, n: int) -> list[Job]:
-    """Up to `n` random done jobs nobody has reviewed yet (a fair sample for the accuracy estimate)."""
+    """Up to `n` done jobs nobody has reviewed yet: the ones the reader flagged (`needs_review`) first.
+
+    A flagged page is where a silently wrong number hides, so staff see those first; the rest of the sample
+    is random. The accuracy estimate counts every reviewed job, so reviewing mostly flagged pages makes it
+    pessimistic, never flattering.
+    """
     if n < 1:
         return []
     with store.read_session() as session:
@@ -249,7 +254,7 @@ def sample_for_review(store: Store, n: int) -> list[Job]:
             session.scalars(
                 select(Job)
                 .where(Job.status == JobStatus.DONE, Job.review_status == ReviewStatus.UNREVIEWED)
-                .order_by(func.random())
+                .order_by(Job.needs_review.desc(), func.random())
                 .limit(n)
             )
         )

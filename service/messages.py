@@ -98,8 +98,8 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
         "{total} pages; only the first {used} were used ([images] max_pages); not used: pages {pages}",
     ),
     "ocr_pdf_text_layer": (
-        "（此页文字取自 PDF 自带的文字层，未经 OCR 识别）",
-        "(text taken from the PDF's own text layer, not read by OCR)",
+        "第 {pages} 页的文字取自 PDF 自带的文字层，未经 OCR 识别",
+        "text of page {pages} taken from the PDF's own text layer, not read by OCR",
     ),
     # Model and queue
     "model_oom": (
@@ -651,6 +651,11 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
     "ui_status_running": ("处理中", "running"),
     "ui_status_failed": ("失败", "failed"),
     "ui_badge_ocr": ("仅文字识别", "text only (OCR)"),
+    "ui_badge_needs_review": ("需核对", "check this"),
+    "ui_badge_needs_review_hint": (
+        "部分文字识别把握不大（置信度低于 [ocr] review_confidence），请对照原件核对",
+        "some text was read with low confidence (under [ocr] review_confidence); compare it with the original",
+    ),
     "ui_badge_ocr_hint": (
         "没有视觉语言模型在回答：这是从图中识别出的文字，问题本身没有被回答",
         "no vision-language model answered: this is the text read from the image; the question itself was not answered",

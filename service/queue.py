@@ -305,9 +305,7 @@ def _raw_fields(event: Event, uid: str) -> dict[str, object]:
         "images": list(event.images),
         # Display form (undecodable bytes as U+FFFD): a text column cannot hold a GBK name's raw bytes; the
         # real path stays in `images`, whose JSON keeps them escaped.
-        "file_path": display_path(event.images[0])
-        if event.source in FILE_SOURCES and event.images
-        else None,
+        "file_path": display_path(event.images[0]) if event.source in FILE_SOURCES and event.images else None,
         "file_size": event.file_size,
         "file_mtime": event.file_mtime,
         "sha256": event.sha256,

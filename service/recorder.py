@@ -22,6 +22,7 @@ from service.backends.base import Backend
 from service.config import Config
 from service.errors import StorageUnavailable, TransientError
 from service.messages import Message, msg
+from service.ocr_step import STEP_NOTES, OcrOutcome, merged_notes, step_notes
 from service.queue import JobQueue
 from service.retry import Backoff
 from service.work import Work, join_pages
@@ -79,8 +80,8 @@ class Recorder:
                 if backoff.wait(self.stop):
                     raise StopRecording() from None
 
-    def complete(self, work: Work, backend: Backend, ocr_text: str | None) -> Job:
-        """Record a done job with its answer (pages joined) and usage."""
+    def complete(self, work: Work, backend: Backend, ocr: OcrOutcome) -> Job:
+        """Record a done job with its answer (pages joined), its OCR reading, notes and usage."""
         job, answers = work.job, work.answers
         reasoning = "\n\n".join(a.reasoning for a in answers if a.reasoning) or None
         first = work.images[0] if work.images else None
@@ -90,7 +91,8 @@ class Recorder:
             "answer_kind": getattr(backend, "answer_kind", "model"),
             "finish_reason": "length" if any(a.finish_reason == "length" for a in answers) else "stop",
             "reasoning": reasoning,
-            "ocr_text": ocr_text,
+            **ocr.columns(),
+            "notes": merged_notes(job.notes, step_notes(work, ocr)),
             "error": None,
             "error_code": None,
             "error_params": None,
@@ -150,6 +152,10 @@ class Recorder:
         if previous is None or previous.id == job.id:
             return False
         copied = {name: getattr(previous, name) for name in REUSED_COLUMNS}
+        # The reading's notes (pages dropped, text layer, rotation) come with it; the file's own stay.
+        step = [note for note in previous.notes or () if note.get("code") in STEP_NOTES]
+        own = [note for note in job.notes or () if note.get("code") not in STEP_NOTES]
+        copied["notes"] = own + step or None
         finished = self.persist(
             lambda: self.store.finish(
                 job.id,

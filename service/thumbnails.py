@@ -5,7 +5,9 @@ from content, pixel limit before decoding, EXIF orientation), asked for one page
 so big JPEG scans are draft-decoded at a fraction of their size. The result is cached under
 `data_dir/thumbs/<job uid>.jpg` and rebuilt when the image is newer than the cache. When the image file is
 gone (a scan moved away, uploads cleaned up) there is no thumbnail, even if one is cached: the pages should
-show that the original is missing rather than a picture of something no longer there.
+show that the original is missing rather than a picture of something no longer there. A scan the reader
+found turned (`jobs.rotation`, clockwise degrees) is shown upright; the cache name carries the rotation, so
+a re-read that turns it differently gets a fresh thumbnail.
 """
 
 from __future__ import annotations
@@ -47,26 +49,30 @@ def thumbnail_bytes(job: Job, data_dir: Path, limits: ImagesConfig | None = None
         source_mtime = source.stat().st_mtime
     except OSError:
         return None
-    cached = data_dir / THUMBS_DIR / f"{job.uid}.jpg"
+    rotation = (job.rotation or 0) % 360
+    cached = data_dir / THUMBS_DIR / (f"{job.uid}-r{rotation}.jpg" if rotation else f"{job.uid}.jpg")
     with contextlib.suppress(OSError):
         if cached.stat().st_mtime >= source_mtime:
             return cached.read_bytes()
     with job_context(job.uid):
-        data = _render(source, limits or ImagesConfig(), job.uid)
+        data = _render(source, limits or ImagesConfig(), job.uid, rotation)
     if data is not None:
         _store(cached, data, job.uid)
     return data
 
 
-def _render(source: Path, limits: ImagesConfig, uid: str) -> bytes | None:
+def _render(source: Path, limits: ImagesConfig, uid: str, rotation: int = 0) -> bytes | None:
     small = limits.model_copy(update={"max_edge": THUMBNAIL_EDGE, "max_pages": 1})
     try:
         decoded = decode_image(source, small, uid[:8])
     except PermanentError as exc:
         log.info("no thumbnail for %s: %s", source, exc)
         return None
+    page = decoded.pages[0]
+    if rotation:
+        page = page.rotate(-rotation, expand=True)  # PIL turns counter-clockwise; rotation is clockwise
     buffer = io.BytesIO()
-    decoded.pages[0].save(buffer, "JPEG", quality=80, optimize=True)
+    page.save(buffer, "JPEG", quality=80, optimize=True)
     return buffer.getvalue()
 
 

@@ -40,7 +40,7 @@ def prepare(job: Job, config: Config) -> Work:
     max_new = min(options.max_tokens or budget, budget)
     temperature = config.model.temperature if options.temperature is None else options.temperature
 
-    def request(turns: tuple[Turn, ...]) -> Request:
+    def request(turns: tuple[Turn, ...], texts: tuple[str | None, ...]) -> Request:
         return Request(
             turns=turns,
             max_new_tokens=max_new,
@@ -48,14 +48,20 @@ def prepare(job: Job, config: Config) -> Work:
             job_id=short,
             requested_max_tokens=options.max_tokens,
             options=options,
+            page_texts=texts,
         )
 
     if len(images) == 1 and len(images[0].pages) > 1 and not job.history:
         # A multi-page TIFF: every page gets the question, and the answers are put together.
-        requests = [request((Turn("user", job.question, (page,)),)) for page in images[0].pages]
+        only = images[0]
+        requests = [
+            request((Turn("user", job.question, (page,)),), (text,))
+            for page, text in zip(only.pages, only.text_layer, strict=True)
+        ]
     else:
         pages = tuple(page for image in images for page in image.pages)
-        requests = [request(conversation(job, pages))]
+        texts = tuple(text for image in images for text in image.text_layer)
+        requests = [request(conversation(job, pages), texts)]
     return Work(job=job, images=images, requests=requests)
 
 

@@ -19,10 +19,11 @@ from service.errors import OutOfMemoryError, PermanentError, StorageUnavailable,
 from service.events import Priority
 from service.logs import job_context
 from service.messages import msg
+from service.ocr_step import OcrOutcome, from_answers, read_beside
 from service.recorder import Recorder, StopRecording
 from service.retry import Backoff
 from service.supervisor import Supervisor
-from service.work import Work, join_pages, prepare
+from service.work import Work, prepare
 
 if TYPE_CHECKING:
     from service.worker import ModelWorker
@@ -220,7 +221,7 @@ class WorkerRun:
             return
         for work in works:
             with job_context(work.job.uid):
-                recorder.complete(work, backend, self._ocr_text(backend, work))
+                recorder.complete(work, backend, self._ocr_outcome(backend, work))
                 self.owner.jobs_done += 1
 
     def _answer_alone(self, backend: Backend, work: Work) -> None:
@@ -231,7 +232,7 @@ class WorkerRun:
         except TuwenError as exc:
             self.recorder.fail(work.job, exc.message, backend)
         else:
-            self.recorder.complete(work, backend, self._ocr_text(backend, work))
+            self.recorder.complete(work, backend, self._ocr_outcome(backend, work))
             self.owner.jobs_done += 1
 
     def _answer_streaming(self, backend: Backend, work: Work) -> None:
@@ -249,14 +250,12 @@ class WorkerRun:
         for work in works:
             work.answers, answers = answers[: len(work.requests)], answers[len(work.requests) :]
 
-    def _ocr_text(self, backend: Backend, work: Work) -> str | None:
+    def _ocr_outcome(self, backend: Backend, work: Work) -> OcrOutcome:
         if backend.name == "ocr":
-            return join_pages([str(a.extra.get("ocr_text", "")) for a in work.answers])
+            return from_answers(work)
         if not self.owner.config.model.ocr_step:
-            return None
-        engine = self.owner.ocr_engine()
-        pages = [page for image in work.images for page in image.pages]
-        return join_pages([engine.read(page) for page in pages])
+            return OcrOutcome()
+        return read_beside(self.owner.ocr_engine(), work, self.owner.config.ocr.review_confidence)
 
 
 def close_backend(backend: Backend) -> None:

@@ -12,6 +12,7 @@ from PIL import Image
 from service.composition import build_service
 from service.config import ModelConfig
 from service.events import Event, Priority
+from tests import documents
 from tests.conftest import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,3 +94,20 @@ def test_ocr_runs_as_an_extra_step_beside_the_model(make_config, tiny_glm_dir, s
     app.stop()
     assert done.backend == "transformers" and done.status == "done"
     assert "青铜鼎" in (done.ocr_text or "")
+    assert done.ocr_lines and done.ocr_lines[0]["source"] == "ocr" and done.ocr_lines[0]["lines"]
+
+
+def test_the_ocr_step_takes_a_pdf_text_layer_as_it_is(make_config, tiny_glm_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = make_config(watches=[])
+    config.model = ModelConfig(
+        backend="transformers", path=str(tiny_glm_dir), max_new_tokens=4, ocr_step=True
+    )
+    pdf = documents.text_pdf(tmp_path / "catalogue.pdf", [["展品说明：青铜鼎，西周，高 42 厘米"]])
+    app = build_service(config)
+    app.start()
+    job = app.queue.submit(Event(source="cli", question="这是什么？", images=(str(pdf),)))
+    done = app.queue.result(job.uid).result(timeout=120)
+    app.stop()
+    assert done.status == "done" and done.ocr_text == "展品说明：青铜鼎，西周，高 42 厘米"
+    assert done.ocr_lines and done.ocr_lines[0]["source"] == "text_layer"
+    assert [note["code"] for note in done.notes or []] == ["ocr_pdf_text_layer"]

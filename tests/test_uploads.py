@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from bench.render import render_text_image
-from service.http import uploads
+from service import uploads
 from service.uploads import ImageRejected, decode_data_url, extension_for, fetch_image_url, store_upload
 from tests import documents
 from tests.live import running_service

@@ -37,6 +37,9 @@ class Request:
     requested_max_tokens: int | None = None
     # The rest of what the caller asked (top_p, seed, stop, penalties, thinking); backends use what they can.
     options: GenerationOptions = field(default_factory=GenerationOptions)
+    # Text each image of the conversation already carries, in image order (a PDF page's own text layer;
+    # None where it has none). The OCR step uses it instead of reading pixels; models see the pixels.
+    page_texts: tuple[str | None, ...] = ()
 
 
 @dataclass

@@ -49,7 +49,7 @@ from service.backends.ocr_layout import (
     rotate_direction,
     rotate_quad,
 )
-from service.backends.ocr_page import REVIEW_CONFIDENCE, OcrLine, OcrPage, needs_review
+from service.backends.ocr_page import REVIEW_CONFIDENCE, OcrLine, OcrPage, needs_review, text_layer_page
 from service.backends.ocr_rapid import RawRead, probe_vertical, recognise
 from service.errors import PermanentError
 from service.messages import msg
@@ -216,23 +216,25 @@ class OcrEngine:
         """Return the text of `image` in reading order, one line per row; "" when none is found."""
         return self.read_page(image).text
 
-    def read_page(self, image: Image.Image) -> OcrPage:
+    def read_page(self, image: Image.Image, review_confidence: float | None = None) -> OcrPage:
         """Read `image`: reading order for horizontal, vertical and mixed pages, tables, rotation, confidence.
 
         Boxes stay in the coordinates of `image`; `rotation` is how far to turn it clockwise to be upright.
+        `review_confidence` overrides the engine's threshold for this page (one engine serves every config).
         """
+        threshold = self.review_confidence if review_confidence is None else review_confidence
         engine = self._get()
         source = _to_ocr_input(image)
         width, height = source.size
         read = recognise(engine, source)
         items, dropped = read.boxes, read.dropped
-        dominant = dominant_direction(items, self.review_confidence)
+        dominant = dominant_direction(items, threshold)
         vertical = False
         if dominant != "ltr":  # upright horizontal pages never pay for the probe
             vertical = bool(probe_vertical(engine, read, dominant))
         rotation = page_rotation(dominant, vertical)
         reads = 1
-        if rotation and not _clean(read, self.review_confidence):
+        if rotation and not _clean(read, threshold):
             second = recognise(engine, _turn(source, rotation))
             reads = 2
             logger.debug("OCR reread turned %d°: weight %.1f vs %.1f", rotation, second.weight, read.weight)
@@ -266,13 +268,13 @@ class OcrEngine:
             markdown=page_markdown(layout, items),
             lines=ordered,
             rotation=rotation,
-            needs_review=needs_review(ordered, self.review_confidence) or bool(unread),
+            needs_review=needs_review(ordered, threshold) or bool(unread),
             width=width,
             height=height,
             tables=layout.tables,
             vertical=vertical,
             reads=reads,
-            review_threshold=self.review_confidence,
+            review_threshold=threshold,
             dropped=unread,
         )
 
@@ -299,7 +301,7 @@ class OcrBackend:
     def engine(self) -> OcrEngine:
         """The OCR engine (built on first use if `load()` was not called)."""
         if self._engine is None:
-            self._engine = OcrEngine()
+            self._engine = OcrEngine(self.config.ocr.review_confidence)
         return self._engine
 
     def load(self) -> None:
@@ -320,12 +322,17 @@ class OcrBackend:
         A follow-up question carries no new image (the photo belongs to the first turn), and OCR can only
         ever answer "what does the photo say", so every image in the conversation is read. A page with a
         table answers with the Markdown form (chat clients and the pages render it); `ocr_text` keeps tabs.
+        A PDF page with its own text layer is not read at all: its text is exact, OCR could only lose some.
         """
         images = [image for turn in request.turns if turn.role == "user" for image in turn.images]
         pages: list[OcrPage] = []
         for index, image in enumerate(images, start=1):
+            known = request.page_texts[index - 1] if index <= len(request.page_texts) else None
+            if known:
+                pages.append(text_layer_page(known, image.width, image.height))
+                continue
             try:
-                page = self.engine.read_page(image)
+                page = self.engine.read_page(image, self.config.ocr.review_confidence)
             except Exception as exc:  # an image RapidOCR cannot process fails the same way every time
                 logger.error("OCR failed on image %d: %s", index, exc)
                 raise PermanentError(msg("model_failed", reason=exc)) from exc

@@ -77,6 +77,8 @@ class OcrPage:
     reads: int = 1
     review_threshold: float = REVIEW_CONFIDENCE
     dropped: tuple[OcrLine, ...] = ()
+    # "ocr" when read from pixels, "text_layer" when the text is a PDF page's own (no boxes, no confidence).
+    source: str = "ocr"
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able form for `Answer.extra["ocr_pages"]`, sidecars and `service.sidecars.alto`."""
@@ -93,7 +95,23 @@ class OcrPage:
             "lines": [line.to_dict() for line in self.lines],
             "dropped": [line.to_dict() for line in self.dropped],
             "tables": [[list(row) for row in table] for table in self.tables],
+            "source": self.source,
         }
+
+
+def text_layer_page(text: str, width: int, height: int) -> OcrPage:
+    """A page whose text came from its PDF text layer: exact characters, so nothing to review."""
+    return OcrPage(
+        text=text,
+        markdown=text,
+        lines=(),
+        rotation=0,
+        needs_review=False,
+        width=width,
+        height=height,
+        reads=0,
+        source="text_layer",
+    )
 
 
 def needs_review(lines: tuple[OcrLine, ...], threshold: float = REVIEW_CONFIDENCE) -> bool:

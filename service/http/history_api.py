@@ -40,7 +40,7 @@ from service.csvcells import spreadsheet_cell
 from service.http.auth import Scope, require
 from service.http.context import HttpContext
 from service.http.errors import ApiError
-from service.messages import msg
+from service.messages import msg, render
 from service.thumbnails import thumbnail_bytes
 
 CSV_COLUMNS = (
@@ -77,6 +77,9 @@ def job_summary(job: Job) -> dict[str, Any]:
         "answer": job.answer,
         "answer_kind": job.answer_kind,
         "ocr_text": job.ocr_text,
+        "needs_review": bool(job.needs_review),
+        "rotation": job.rotation or 0,
+        "notes": [str(render(str(n.get("code")), n.get("params"))) for n in job.notes or ()],
         "error": job.error,
         "review_status": job.review_status or ReviewStatus.UNREVIEWED,
         "correction": job.correction,

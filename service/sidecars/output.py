@@ -19,16 +19,26 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+from service import __version__
 from service.config import WatchConfig
 from service.files import NAME_MAX, display_path
 from service.jobs import Job, JobStatus, ReviewStatus
+from service.messages import render
+from service.sidecars.alto import alto_xml
 from service.sidecars.catalogue import CATALOGUE_NAME, CatalogueRow, append_catalogue_row, read_catalogue
-from service.sidecars.sidecar import TMP_SUFFIX, SidecarRecord, write_json_sidecar, write_xmp_sidecar
+from service.sidecars.sidecar import (
+    TMP_SUFFIX,
+    SidecarRecord,
+    atomic_write_bytes,
+    write_json_sidecar,
+    write_xmp_sidecar,
+)
 
 log = logging.getLogger(f"tuwen.{__name__}")
 
 # The longest suffix a sidecar gets (`.alto.xml` is the longest planned; `.json`, `.xmp` are shorter).
-_LONGEST_SUFFIX = ".alto.xml"
+ALTO_SUFFIX = ".alto.xml"
+_LONGEST_SUFFIX = ALTO_SUFFIX
 _SHORT_STEM_BYTES = 180
 
 
@@ -68,7 +78,16 @@ def record_for_job(job: Job, tags: tuple[str, ...] = ()) -> SidecarRecord:
         "reviewed_at": job.reviewed_at.isoformat() if job.reviewed_at else None,
     }
     if job.notes:
-        extra["notes"] = list(job.notes)
+        # The code and parameters for programs, the sentence for people reading the file.
+        extra["notes"] = [
+            {**note, "message": str(render(str(note.get("code")), note.get("params")))} for note in job.notes
+        ]
+    if job.ocr_lines:
+        # Every line's box (pixels of the scan as stored) and confidence, page by page; `rotation` is how far
+        # the scan must turn clockwise to be upright. Enough to write ALTO or check a number later.
+        extra["needs_review"] = bool(job.needs_review)
+        extra["rotation"] = job.rotation or 0
+        extra["ocr_lines"] = list(job.ocr_lines)
     return SidecarRecord(
         status="done" if job.status == JobStatus.DONE else "failed",
         file_name=display_path(file.name),
@@ -94,7 +113,8 @@ def record_for_job(job: Job, tags: tuple[str, ...] = ()) -> SidecarRecord:
 
 
 def write_sidecars_for_job(job: Job, watch: WatchConfig, *, only_if_missing: bool = False) -> bool:
-    """Write `NAME.EXT.json` (always) and `NAME.EXT.xmp` (done jobs) for a finished folder job.
+    """Write `NAME.EXT.json` (always), `NAME.EXT.xmp` (done jobs) and, with `alto = true`, `NAME.EXT.alto.xml`
+    (done jobs with OCR lines) for a finished folder job; `only_if_missing` writes only what is not there.
 
     Returns True when something was written. Errors are logged, never raised: a read-only share or a full
     disk must not stop the worker, and the answer is safe in the database either way.
@@ -106,17 +126,31 @@ def write_sidecars_for_job(job: Job, watch: WatchConfig, *, only_if_missing: boo
         json_path, xmp_path = sidecar_paths_for(file, watch)
     except ValueError:  # not under the watch (moved since): nowhere to write
         return False
-    if only_if_missing and json_path.exists():
+    alto_path = alto_path_for(json_path) if watch.alto and job.ocr_lines else None
+    if only_if_missing and json_path.exists() and (alto_path is None or alto_path.exists()):
         return False
     record = record_for_job(job, tuple(watch.tags))
     try:
-        write_json_sidecar(json_path, record)
-        if record.status == "done":
-            write_xmp_sidecar(xmp_path, record)
+        if not (only_if_missing and json_path.exists()):
+            write_json_sidecar(json_path, record)
+            if record.status == "done":
+                write_xmp_sidecar(xmp_path, record)
+        if alto_path is not None and record.status == "done":
+            atomic_write_bytes(alto_path, alto_for_job(job, file))
     except (OSError, ValueError) as exc:
         log.error("cannot write sidecars for %s: %s", display_path(file), exc)
         return False
     return True
+
+
+def alto_path_for(json_path: Path) -> Path:
+    """`NAME.EXT.alto.xml` beside `NAME.EXT.json` (the same, possibly shortened, stem)."""
+    return json_path.with_name(json_path.name.removesuffix(".json") + ALTO_SUFFIX)
+
+
+def alto_for_job(job: Job, file: Path) -> bytes:
+    """The ALTO XML of a job's stored OCR pages."""
+    return alto_xml(job.ocr_lines or [], file_name=display_path(file.name), software_version=__version__)
 
 
 def catalogue_row_for_job(job: Job, watch: WatchConfig) -> CatalogueRow:
@@ -171,8 +205,9 @@ def move_sidecars(old: Path, new: Path, job: Job, watch: WatchConfig) -> None:
         except OSError as exc:
             log.error("cannot move %s to %s: %s", display_path(old_xmp), display_path(new_xmp), exc)
     if write_sidecars_for_job(job, watch) and old_json != new_json:
-        with contextlib.suppress(FileNotFoundError):
-            old_json.unlink()
+        for stale in (old_json, alto_path_for(old_json)):  # tuwen's alone: the new ones replace them
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
 
 
 def remove_temporary_files(folder: Path) -> int:

@@ -1,7 +1,7 @@
 // The web UI at /: ask about an image (streamed answers, follow-ups), browse and export the history, and
 // review answers. Server data goes into the page as text only (see common.js).
 import {
-  applyI18n, csrfToken, el, fetchJson, formatTime, imageDataUrl, kindBadge, loadI18n, newId,
+  applyI18n, csrfToken, el, fetchJson, formatTime, imageDataUrl, kindBadge, loadI18n, reviewFlag, newId,
   setupLangSwitch, sourceLabel, streamChat, t,
 } from "./common.js";
 
@@ -234,6 +234,7 @@ function answerCell(job) {
     "td",
     {},
     kindBadge(job.answer_kind),
+    reviewFlag(job),
     el("div", { class: "clamp answer", text: job.answer ?? "" }),
     job.correction
       ? el("div", { class: "correction", text: t("ui_review_correction", { text: job.correction }) })
@@ -344,7 +345,7 @@ function reviewCard(job) {
     el(
       "div",
       { class: "review-body" },
-      el("p", { class: "muted small" }, when, " ", badge, " ", kindBadge(job.answer_kind)),
+      el("p", { class: "muted small" }, when, " ", badge, " ", kindBadge(job.answer_kind), " ", reviewFlag(job)),
       el("p", { class: "question", text: job.question ?? "" }),
       el("div", { class: "answer", text: job.answer ?? "" }),
       correction,

@@ -280,6 +280,14 @@ export function formatTime(iso) {
 }
 
 /** The small 「仅文字识别」 badge for an answer that is OCR text, not a model's answer (else null). */
+/** 「需核对」 when the reader flagged low-confidence lines; the notes (rotation, text layer…) as its tooltip. */
+export function reviewFlag(job) {
+  if (!job.needs_review) return null;
+  const badge = el("span", { class: "badge needs-review", text: t("ui_badge_needs_review") });
+  badge.title = [t("ui_badge_needs_review_hint"), ...(job.notes ?? [])].join("\n");
+  return badge;
+}
+
 export function kindBadge(kind) {
   if (kind !== "ocr") return null;
   const badge = el("span", { class: "badge ocr", text: t("ui_badge_ocr") });
