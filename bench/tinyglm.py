@@ -44,7 +44,8 @@ THINK_TOKENS = ("<think>", "</think>")
 VOCAB_SIZE = 600
 
 # A cut-down GLM-4.5V/4.6V chat template: `[gMASK]<sop>`, role tokens, one image placeholder per image
-# item, and an assistant generation prompt. Earlier assistant turns are rendered without their reasoning.
+# item, and an assistant generation prompt (with an empty `<think></think>` when `enable_thinking` is false,
+# as GLM-4.5V's template does). Earlier assistant turns are rendered without their reasoning.
 CHAT_TEMPLATE = """[gMASK]<sop>
 {%- macro text_of(content) -%}
 {%- if content is string -%}{{ content }}{%- else -%}
@@ -68,6 +69,8 @@ CHAT_TEMPLATE = """[gMASK]<sop>
 {%- endif -%}
 {%- endfor -%}
 {%- if add_generation_prompt -%}<|assistant|>
+{% if enable_thinking is defined and not enable_thinking -%}<think></think>
+{% endif -%}
 {% endif -%}"""
 
 _CORPUS = (

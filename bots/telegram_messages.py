@@ -16,7 +16,7 @@ GROUP_TYPES = {"group", "supergroup"}
 
 
 def typing_action(bot: Bot, message: Message) -> ChatActionSender:
-    """"typing…" in the message's chat (and topic) while an answer is being made."""
+    """ "typing…" in the message's chat (and topic) while an answer is being made."""
     thread = message.message_thread_id if message.is_topic_message else None
     return ChatActionSender.typing(bot=bot, chat_id=message.chat.id, message_thread_id=thread)
 

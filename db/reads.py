@@ -25,7 +25,6 @@ class JobReads:
     def _read(self) -> Session:
         raise NotImplementedError
 
-
     def get(self, job_id: int) -> Job | None:
         """One job by id (None for ids no row can have: SQLite integers are 64-bit)."""
         if not 0 < job_id <= MAX_ROW_ID:

@@ -148,11 +148,13 @@ class Store(JobReads):
         uids: Sequence[str] | None = None,
         alone_at_or_below: int = 0,
         node: str | None = None,
+        priorities: tuple[int, int] | None = None,
     ) -> list[Job]:
         """Atomically move up to `limit` due queued jobs of the most urgent priority to `running`.
 
         Jobs with priority `alone_at_or_below` or more urgent are claimed one at a time: someone is waiting
-        on each of them, often watching the answer stream in.
+        on each of them, often watching the answer stream in. `priorities` (lowest, highest value) limits
+        the claim to that range (a concurrent dispatcher fills its interactive and backlog slots apart).
         """
         now = utcnow()
         with self._write() as session:
@@ -165,6 +167,8 @@ class Store(JobReads):
             )
             if uids is not None:
                 query = query.where(Job.uid.in_(list(uids)))
+            if priorities is not None:
+                query = query.where(Job.priority.between(*priorities))
             rows = session.execute(query).all()
             if not rows:
                 return []

@@ -147,6 +147,9 @@ class App:
     def components(self) -> list[ComponentStatus]:
         """The state of the worker and of every source, as `/health` and `/metrics` show them."""
         found = [self.worker.status()]
+        endpoints = getattr(self.worker.backend, "endpoint_statuses", None)
+        if callable(endpoints):  # a remote backend: each server it sends to
+            found.extend(endpoints())
         for source in self.sources:
             status = getattr(source, "status", None)
             if callable(status):

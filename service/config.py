@@ -7,7 +7,7 @@ turning pydantic's errors into `key.path: value reason` lines is `service.config
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -58,10 +58,40 @@ class OpenAIConfig(Strict):
     """`[openai]`: a remote OpenAI-compatible server (vLLM, SGLang, LMDeploy, Ollama, Zhipu)."""
 
     base_url: str = "http://127.0.0.1:8000/v1"
+    # Several servers serving the same model (one vLLM per GPU): requests go to the one with the fewest in
+    # flight; one that fails connections is left out for a while. Empty: `base_url` alone.
+    base_urls: list[str] = Field(default_factory=list)
     api_key: SecretStr = SecretStr("")
     model: str = "zai-org/GLM-4.6V-Flash"
     timeout_seconds: float = Field(120.0, gt=0)
     max_retries: int = Field(2, ge=0, le=10)
+    # Requests in flight at once, continuously (a new job goes out as each answer arrives); interactive
+    # questions have as many again of their own, so they never wait behind the backlog.
+    concurrency: int = Field(16, ge=1, le=1024)
+    # Extra fields for every request body, for what a server understands beyond OpenAI's API (vLLM's
+    # `top_k`, `repetition_penalty`, `guided_json`, …). tuwen's own fields win over these.
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("base_url", "base_urls")
+    @classmethod
+    def _http_urls(cls, value: str | list[str]) -> str | list[str]:
+        for url in [value] if isinstance(value, str) else value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        return value
+
+    @field_validator("extra_body")
+    @classmethod
+    def _not_ours(cls, value: dict[str, Any]) -> dict[str, Any]:
+        reserved = sorted(set(value) & {"model", "messages", "stream", "stream_options"})
+        if reserved:
+            raise ValueError(f"{', '.join(reserved)} cannot be set here: tuwen sets them for each request")
+        return value
+
+    @property
+    def urls(self) -> list[str]:
+        """Every server's base URL, without a trailing slash."""
+        return [url.rstrip("/") for url in (self.base_urls or [self.base_url])]
 
 
 class ModelConfig(Strict):
@@ -76,6 +106,9 @@ class ModelConfig(Strict):
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     batch_size: int = Field(4, ge=1, le=64)
     strip_thinking: bool = True
+    # GLM-4.6V's reasoning mode (vLLM and SGLang turn it on by default): off for folder captions unless a
+    # [[watch]] or an API request asks for it; sent as the chat template's `enable_thinking`.
+    thinking: bool = False
     warmup: bool = True
     ocr_step: bool = False
     # A job in hand longer than this is stuck: /health says so, the worker restarts, the job is retried once.
@@ -303,6 +336,8 @@ class WatchConfig(Strict):
     # Symbolic links to files outside the folder are not followed unless asked: a link to /etc or to
     # another department's share should not become a job.
     follow_links: bool = False
+    # The model's reasoning mode for this folder; unset: `[model] thinking`.
+    thinking: bool | None = None
     # ALTO XML (`NAME.EXT.alto.xml`) beside the JSON and XMP sidecars: what METS/ALTO workflows,
     # Transkribus and eScriptorium import. Only jobs that carry OCR lines have one.
     alto: bool = False

@@ -7,7 +7,7 @@ own: everything here is pure apart from reading the job's image files.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from db.models import Job
@@ -34,6 +34,8 @@ def prepare(job: Job, config: Config) -> Work:
     short = job.uid[:8]
     images = [decode_image(Path(path), config.images, short) for path in job.images]
     options = job_options(job)
+    if options.thinking is None:  # neither the caller nor its watch chose: the config's default
+        options = replace(options, thinking=config.model.thinking)
     budget = config.model.max_new_tokens
     # A caller (the API) may ask for a shorter answer or more variety than the config's default, never
     # for more tokens than the config allows.

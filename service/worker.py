@@ -186,7 +186,9 @@ class ModelWorker:
 
     def _abandon(self, run: WorkerRun, timeout: float) -> None:
         """Give up on a stuck run: retry its jobs once (fail them the second time) on a fresh one."""
-        jobs = list(run.in_hand)
+        # With a concurrent remote only some of the jobs in hand are stuck; the others are re-queued below
+        # (the fresh run answers them again; whatever the old run brings back is discarded).
+        jobs = run.held_longer_than(timeout) or run.in_hand
         self.state, self.stuck_jobs = "stuck", [job.uid for job in jobs]
         shown = ", ".join(uid[:8] for uid in self.stuck_jobs)
         self.error = msg("job_stuck", jobs=shown, seconds=f"{timeout:g}")

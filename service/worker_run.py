@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from db.models import Job, utcnow
 from service.backends.base import Answer, Backend
+from service.dispatch import Dispatcher
 from service.errors import OutOfMemoryError, PermanentError, StorageUnavailable, TransientError, TuwenError
 from service.events import Priority
 from service.logs import job_context
@@ -45,12 +46,43 @@ class WorkerRun:
         self.supervisor: Supervisor | None = None
         self.backend: Backend | None = None
         self.claimed: set[int] = set()
-        self.in_hand: list[Job] = []
-        self.in_hand_since: float | None = None
+        # Jobs inside the backend now, with when each went in (several at once with a concurrent remote).
+        self._holding: dict[int, tuple[Job, float]] = {}
+        self._holding_lock = threading.Lock()
 
     def current(self) -> bool:
         """False once the watchdog has handed this run's jobs to a fresh run (they timed out)."""
         return self.owner.current_run is self
+
+    @property
+    def in_hand(self) -> list[Job]:
+        """The jobs inside the backend now."""
+        with self._holding_lock:
+            return [job for job, _ in self._holding.values()]
+
+    @property
+    def in_hand_since(self) -> float | None:
+        """When the longest-held job in hand went into the backend (None when nothing is in hand)."""
+        with self._holding_lock:
+            return min((since for _, since in self._holding.values()), default=None)
+
+    def held_longer_than(self, seconds: float) -> list[Job]:
+        """The jobs in hand for more than `seconds` (the watchdog's stuck jobs)."""
+        now = time.monotonic()
+        with self._holding_lock:
+            return [job for job, since in self._holding.values() if now - since > seconds]
+
+    def hold(self, jobs: list[Job]) -> None:
+        """These jobs go into the backend now."""
+        now = time.monotonic()
+        with self._holding_lock:
+            self._holding.update((job.id, (job, now)) for job in jobs)
+
+    def let_go(self, jobs: list[Job]) -> None:
+        """These jobs are out of the backend (answered, failed or abandoned)."""
+        with self._holding_lock:
+            for job in jobs:
+                self._holding.pop(job.id, None)
 
     # -- the thread's loop -------------------------------------------------------------------------
 
@@ -58,7 +90,11 @@ class WorkerRun:
         """The supervisor's target: load, then answer until `stop`."""
         if not self.load_backend(stop):
             return
+        concurrency = int(getattr(self.backend, "concurrency", 1) or 1)
         try:
+            if concurrency > 1:
+                Dispatcher(self, concurrency).serve(stop)
+                return
             while not stop.is_set():
                 try:
                     jobs = self.claim()
@@ -124,7 +160,8 @@ class WorkerRun:
         backend, self.backend = self.backend, None
         if backend is not None:
             close_backend(backend)
-        self.in_hand, self.in_hand_since = [], None
+        with self._holding_lock:
+            self._holding.clear()
 
     def idle(self, stop: threading.Event) -> None:
         """Wait for work: a `notify()` here, a commit from another process, or a retry falling due."""
@@ -145,12 +182,15 @@ class WorkerRun:
 
     # -- one round -------------------------------------------------------------------------------
 
-    def claim(self) -> list[Job]:
-        """Up to a batch of due jobs, now ours."""
+    def claim(self, limit: int | None = None, priorities: tuple[int, int] | None = None) -> list[Job]:
+        """Up to a batch (or `limit`) of due jobs, in a range of priorities if given, now ours."""
         owner = self.owner
         only = owner.only_uids
         jobs = owner.store.claim(
-            owner.batch_size, uids=sorted(only) if only is not None else None, node=owner.node
+            limit or owner.batch_size,
+            uids=sorted(only) if only is not None else None,
+            node=owner.node,
+            priorities=priorities,
         )
         self.claimed.update(job.id for job in jobs)
         return jobs
@@ -180,7 +220,7 @@ class WorkerRun:
     def _answer_and_record(self, backend: Backend, works: list[Work]) -> None:
         recorder = self.recorder
         interactive = len(works) == 1 and works[0].job.priority <= Priority.INTERACTIVE
-        self.in_hand, self.in_hand_since = [w.job for w in works], time.monotonic()
+        self.hold([w.job for w in works])
         try:
             if interactive and len(works[0].requests) == 1:
                 self._answer_streaming(backend, works[0])
@@ -215,7 +255,7 @@ class WorkerRun:
                 recorder.fail(work.job, msg("unexpected", reason=f"{type(exc).__name__}: {exc}"), backend)
             raise
         finally:
-            self.in_hand, self.in_hand_since = [], None
+            self.let_go([w.job for w in works])
         if not self.current():
             log.warning("an answer arrived after its job timed out; discarded")
             return

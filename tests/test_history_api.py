@@ -139,9 +139,10 @@ def test_a_job_summary_has_the_contract_fields(seeded: Seeded) -> None:
     item = seeded.client.get("/api/jobs", params={"q": "族谱"}).json()["items"][0]
     assert set(item) == {
         "id", "uid", "created_at", "finished_at", "source", "source_ref", "status", "file_name",
-        "file_path", "question", "answer", "answer_kind", "ocr_text", "error", "review_status", "correction",
-        "conversation_id", "thumbnail_url", "model", "latency_ms",
+        "file_path", "question", "answer", "answer_kind", "ocr_text", "needs_review", "rotation", "notes",
+        "error", "review_status", "correction", "conversation_id", "thumbnail_url", "model", "latency_ms",
     }  # fmt: skip
+    assert item["needs_review"] is False and item["rotation"] == 0 and item["notes"] == []
     assert item["file_name"] == "家谱_张氏.jpg" and item["source_ref"] == "archive"
     assert item["ocr_text"] == "族谱第三卷" and item["review_status"] == "unreviewed"
     assert item["thumbnail_url"] == f"/api/jobs/{job.id}/thumbnail"

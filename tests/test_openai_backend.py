@@ -14,12 +14,12 @@ import pytest
 from PIL import Image, ImageChops
 from pydantic import SecretStr
 
+from bench.fake_openai import MODEL, ROOT, FakeOpenAIServer
 from bench.render import render_text_image
 from service.backends.base import Backend, Request, Turn, single_image_request
 from service.backends.openai_backend import OpenAIBackend
 from service.config import Config, OpenAIConfig
 from service.errors import PermanentError, TransientError
-from tests.fake_openai import MODEL, ROOT, FakeOpenAIServer
 
 API_KEY = "sk-test-0123456789-secret"
 

@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
+from bench.fake_openai import MODEL, FakeOpenAIServer
 from service.logs import TuwenFormatter
 from tests.conftest import wait_until
-from tests.fake_openai import MODEL, FakeOpenAIServer
 from tests.live import LiveService, running_service
 
 REMOTE_KEY = "sk-remote-9f8e7d6c5b4a-very-secret"

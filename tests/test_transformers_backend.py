@@ -13,6 +13,7 @@ import random
 import re
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,8 @@ from service.backends.registry import create_backend
 from service.backends.transformers_backend import TransformersBackend
 from service.config import Config, ModelConfig
 from service.errors import OutOfMemoryError, PermanentError
+from service.events import GenerationOptions
+from service.logs import TuwenFormatter
 
 QUESTION = "请用20字以内描述图中场景、人物和时间特征"
 # Visual tokens GLM-4V's processor gives these sizes: smart_resize to multiples of 28 px (at least 112x112
@@ -165,7 +168,7 @@ def test_stream_reader_failure_stops_generation_and_propagates(
     full = backend.answer(ask(noise_image((64, 64), 3), max_new_tokens=24))
     with caplog.at_level(logging.INFO, logger="tuwen.generate"), pytest.raises(ConnectionResetError):
         backend.stream(ask(noise_image((64, 64), 3), job_id="hang-up", max_new_tokens=24), hang_up)
-    logged = [r.getMessage() for r in caplog.records if "hang-up" in r.getMessage()]
+    logged = [r.getMessage() for r in caplog.records if "hang-up" in _shown(r)]
     generated = int(re.search(r"(\d+) new tokens", logged[0]).group(1))  # type: ignore[union-attr]
     assert full.completion_tokens == 24
     assert generated < 5  # stopped right after the reader failed, not run to the end
@@ -210,6 +213,21 @@ def test_control_tokens_typed_by_users_stay_text(backend: TransformersBackend) -
     )
     answer = backend.answer(request)
     assert answer.extra["visual_tokens"] == VISUAL_TOKENS[(64, 64)]
+
+
+@pytest.mark.parametrize(("thinking", "empty_think"), [(False, True), (True, False), (None, False)])
+def test_the_reasoning_switch_reaches_the_chat_template(
+    backend: TransformersBackend, thinking: bool | None, empty_think: bool
+) -> None:
+    # GLM-4.5V/4.6V's template answers `enable_thinking=False` with an empty <think></think> before the
+    # answer; the prompt the model sees (and its token count) changes accordingly.
+    request = replace(
+        single_image_request(noise_image((64, 64), 3), "看图", max_new_tokens=2),
+        options=GenerationOptions(thinking=thinking),
+    )
+    prompt = backend._processor.tokenizer.decode(backend._prepare([request])["input_ids"][0])
+    assert prompt.rstrip().endswith("<think></think>") is empty_think
+    assert backend.answer(request).prompt_tokens > 0
 
 
 def test_request_must_end_with_a_user_turn(backend: TransformersBackend) -> None:
@@ -309,13 +327,18 @@ def test_closed_backend_refuses_work(fresh_backend: TransformersBackend) -> None
         fresh_backend.answer(ask(noise_image((64, 64), 1)))
 
 
+def _shown(record: logging.LogRecord) -> str:
+    """The line as the service's log shows it (the formatter adds `[job …]`)."""
+    return TuwenFormatter("%(levelname)s %(name)s: %(message)s").format(record)
+
+
 def test_log_lines_carry_the_job_id(backend: TransformersBackend, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG, logger="tuwen"):
         backend.batch(
             [ask(noise_image((64, 64), 1), job_id="job-41"), ask(noise_image((64, 64), 2), job_id="job-42")]
         )
-    generate = [r.getMessage() for r in caplog.records if r.name == "tuwen.generate"]
-    vision = [r.getMessage() for r in caplog.records if r.name == "tuwen.vision"]
+    generate = [_shown(r) for r in caplog.records if r.name == "tuwen.generate"]
+    vision = [_shown(r) for r in caplog.records if r.name == "tuwen.vision"]
     assert len(generate) == 2 and "job-41" in generate[0] and "job-42" in generate[1]
     assert any("job-41" in line and "9 visual tokens" in line for line in vision)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from service.config import WatchConfig
 from service.errors import PermanentError, StorageUnavailable
-from service.events import Event, Priority, Source
+from service.events import Event, GenerationOptions, Priority, Source
 from service.files import display_path
 from service.images import sha256_file
 from service.jobs import FileSeen, Job, JobStatus
@@ -165,6 +165,7 @@ class FileIntake:
             file_size=st.st_size,
             file_mtime=st.st_mtime,
             notes=tuple(notes),
+            options=GenerationOptions(thinking=self.watch.thinking),
         )
         job = self.queue.submit(event, dedup=True)
         self._save(path, st, digest, job.id)

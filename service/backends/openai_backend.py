@@ -29,10 +29,12 @@ import httpx
 from PIL import Image
 
 from service.backends.base import Answer, OnText, Request, Turn
+from service.backends.endpoints import Endpoints
 from service.errors import PermanentError, TransientError
 from service.messages import msg
 from service.reasoning import ReasoningFilter
 from service.retry import Backoff
+from service.supervisor import ComponentStatus
 
 if TYPE_CHECKING:
     from service.config import Config
@@ -41,6 +43,9 @@ logger = logging.getLogger("tuwen.generate")
 
 T = TypeVar("T")
 RETRYABLE_STATUS = frozenset({408, 429, *range(500, 600)})
+# Failures that say "this server cannot be reached" (refused, unroutable, reset, dropped mid-reply): the
+# server is left out for a while. A read timeout is not one of them: the server is there, only slow.
+UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadError, httpx.RemoteProtocolError)
 MAX_BACKOFF_SECONDS = 30.0
 JPEG_QUALITY = 90
 
@@ -110,36 +115,56 @@ class OpenAIBackend:
 
     def __init__(self, config: Config, *, backoff_seconds: float = 1.0) -> None:
         self.config, self.settings, self.backoff_seconds = config, config.openai, backoff_seconds
-        self.base_url = self.settings.base_url.rstrip("/")
+        self.endpoints = Endpoints(self.settings.urls)
+        self.base_url = self.endpoints.all[0].url
+        # The dispatcher keeps this many backlog requests (and as many interactive ones) in flight.
+        self.concurrency = self.settings.concurrency
         self.model_id = self.model_version = self.settings.model
         timeout = self.settings.timeout_seconds
         key = self.settings.api_key.get_secret_value()
         headers = {"Accept": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
         # A refused or unroutable connection should fail in seconds, not after the full generation timeout.
         limits = httpx.Timeout(timeout, connect=min(timeout, 10.0))
-        self._client = httpx.Client(headers=headers, timeout=limits)
+        # One pooled connection per request in flight, so keep-alive connections are reused, not re-opened.
+        pool = 2 * self.concurrency * len(self.endpoints.all) + 4
+        self._client = httpx.Client(
+            headers=headers,
+            timeout=limits,
+            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
+        )
 
     def load(self) -> None:
-        """Check that the server answers `GET /models`; learn the model version from its entry.
+        """Check that the servers answer `GET /models`; learn the model version from the first that does.
 
-        A server that is down is a `TransientError` (the service keeps running and retries); a server that
-        refuses our key is a `PermanentError`. A server without `/models` (some gateways) is accepted.
+        No server up is a `TransientError` (the service keeps running and retries); one that is down while
+        another answers is left out for a while (see `endpoints`). A server that refuses our key is a
+        `PermanentError`. A server without `/models` (some gateways) is accepted.
         """
-        try:
-            response = self._client.get(f"{self.base_url}/models")
-            if response.status_code in RETRYABLE_STATUS or response.status_code in (401, 403):
-                self._check_status(response)
-        except (httpx.TransportError, _Retryable) as exc:
-            reason = exc.reason if isinstance(exc, _Retryable) else self._describe(exc)
-            logger.warning("model server %s unavailable: %s", self.base_url, reason)
-            raise TransientError(msg("model_remote_down", reason=reason)) from exc
-        if response.status_code != 200:
-            logger.warning("server %s has no usable /models (HTTP %d)", self.base_url, response.status_code)
-            return
-        self.model_version = self._version_from_models(response)
-        logger.info("model server %s ready: %s (%s)", self.base_url, self.model_id, self.model_version)
+        reasons, versions = [], []
+        for endpoint in self.endpoints.all:
+            try:
+                versions.append(self._check_models(endpoint.url))
+                self.endpoints.succeeded(endpoint)
+            except (httpx.TransportError, _Retryable) as exc:
+                reason = exc.reason if isinstance(exc, _Retryable) else self._describe(exc, endpoint.url)
+                self.endpoints.unreachable(endpoint, reason)
+                reasons.append(reason)
+        if not versions:
+            raise TransientError(msg("model_remote_down", reason="; ".join(reasons)))
+        self.model_version = next((v for v in versions if v), self.model_id)
+        logger.info("model server(s) ready: %s (%s)", self.model_id, self.model_version)
 
-    def _version_from_models(self, response: httpx.Response) -> str:
+    def _check_models(self, url: str) -> str | None:
+        """The model version one server's `/models` names (None when it has no usable `/models`)."""
+        response = self._client.get(f"{url}/models")
+        if response.status_code in RETRYABLE_STATUS or response.status_code in (401, 403):
+            self._check_status(response)
+        if response.status_code != 200:
+            logger.warning("server %s has no usable /models (HTTP %d)", url, response.status_code)
+            return None
+        return self._version_from_models(response, url)
+
+    def _version_from_models(self, response: httpx.Response, url: str) -> str:
         try:
             entries = response.json().get("data") or []
         except (ValueError, AttributeError):
@@ -147,7 +172,7 @@ class OpenAIBackend:
         entry = next((e for e in entries if isinstance(e, dict) and e.get("id") == self.model_id), None)
         if entry is None:
             listed = [e.get("id") for e in entries if isinstance(e, dict)]
-            logger.warning("model %r not listed by %s (it lists %s)", self.model_id, self.base_url, listed)
+            logger.warning("model %r not listed by %s (it lists %s)", self.model_id, url, listed)
             return self.model_id
         # `root` is the weights a vLLM/SGLang server was started from. `created` is not used: vLLM fills
         # it with the time of the listing, so it would change on every restart.
@@ -158,17 +183,21 @@ class OpenAIBackend:
         """Close the HTTP connection pool."""
         self._client.close()
 
+    def cancel(self) -> None:
+        """Abandon every request in flight (the watchdog, for a stuck job): their connections are closed."""
+        self._client.close()
+
     def answer(self, request: Request) -> Answer:
         """Answer one request with a non-streaming chat completion."""
         body = self._body(request, stream=False)
-        data = self._with_retries(request, lambda: self._post_once(body))
+        data = self._with_retries(request, lambda url: self._post_once(url, body))
         try:
             choice = data["choices"][0]
             message = choice.get("message") or {}
             think = ReasoningFilter(self.config.model.strip_thinking)
             text = think.feed(message.get("content") or "") + think.finish()
             reasoning = [_reasoning_of(message), think.reasoning]
-            return self._answer(request, text, reasoning, data.get("usage"), choice.get("finish_reason"))
+            return self._answer(text, reasoning, data.get("usage"), choice.get("finish_reason"))
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise PermanentError(msg("model_failed", reason=f"unexpected reply: {str(data)[:200]}")) from exc
 
@@ -181,7 +210,7 @@ class OpenAIBackend:
         body = self._body(request, stream=True)
         state = {"emitted": False}
         return self._with_retries(
-            request, lambda: self._stream_once(request, body, on_text, state), lambda: not state["emitted"]
+            request, lambda url: self._stream_once(url, body, on_text, state), lambda: not state["emitted"]
         )
 
     def batch(self, requests: Sequence[Request]) -> list[Answer]:
@@ -197,7 +226,9 @@ class OpenAIBackend:
             return [f.result() for f in futures]
 
     def _body(self, request: Request, *, stream: bool) -> dict[str, Any]:
-        body: dict[str, Any] = {
+        # `[openai] extra_body` first, so what tuwen sets for this request wins.
+        body: dict[str, Any] = dict(self.settings.extra_body)
+        body |= {
             "model": self.model_id,
             "messages": build_messages(request.turns),
             "max_tokens": request.max_new_tokens,
@@ -211,7 +242,11 @@ class OpenAIBackend:
             body["stop"] = list(options.stop)
         if options.thinking is not None:
             # GLM-4.6V (vLLM, SGLang) reasons by default; the chat template takes the switch.
-            body["chat_template_kwargs"] = {"enable_thinking": options.thinking}
+            template = body.get("chat_template_kwargs")
+            body["chat_template_kwargs"] = {
+                **(template if isinstance(template, dict) else {}),
+                "enable_thinking": options.thinking,
+            }
         # Without include_usage, servers send no token counts in a stream.
         return body | ({"stream": True, "stream_options": {"include_usage": True}} if stream else {})
 
@@ -224,8 +259,8 @@ class OpenAIBackend:
             raise _Retryable(reason, _retry_after(response))
         raise PermanentError(msg("model_remote_rejected", reason=reason))
 
-    def _post_once(self, body: dict[str, Any]) -> Any:
-        response = self._client.post(f"{self.base_url}/chat/completions", json=body)
+    def _post_once(self, url: str, body: dict[str, Any]) -> Any:
+        response = self._client.post(f"{url}/chat/completions", json=body)
         self._check_status(response)
         try:
             return response.json()
@@ -233,9 +268,7 @@ class OpenAIBackend:
             reason = f"reply is not JSON: {response.text[:200]}"
             raise PermanentError(msg("model_failed", reason=reason)) from exc
 
-    def _stream_once(
-        self, request: Request, body: dict[str, Any], on_text: OnText, state: dict[str, bool]
-    ) -> Answer:
+    def _stream_once(self, url: str, body: dict[str, Any], on_text: OnText, state: dict[str, bool]) -> Answer:
         think = ReasoningFilter(self.config.model.strip_thinking)
         reasoning: list[str] = []
         pieces: list[str] = []
@@ -248,7 +281,7 @@ class OpenAIBackend:
                 pieces.append(text)
                 on_text(text)
 
-        with self._client.stream("POST", f"{self.base_url}/chat/completions", json=body) as response:
+        with self._client.stream("POST", f"{url}/chat/completions", json=body) as response:
             if response.status_code != 200:
                 response.read()
                 self._check_status(response)
@@ -265,13 +298,9 @@ class OpenAIBackend:
                     show(think.feed(delta.get("content") or ""))
                     finish_reason = choice.get("finish_reason") or finish_reason
         show(think.finish())
-        return self._answer(
-            request, "".join(pieces), ["".join(reasoning), think.reasoning], usage, finish_reason
-        )
+        return self._answer("".join(pieces), ["".join(reasoning), think.reasoning], usage, finish_reason)
 
-    def _answer(
-        self, request: Request, text: str, reasoning: list[str], usage: Any, finish_reason: Any
-    ) -> Answer:
+    def _answer(self, text: str, reasoning: list[str], usage: Any, finish_reason: Any) -> Answer:
         usage = usage if isinstance(usage, dict) else {}
         answer = Answer(
             text=text,
@@ -285,32 +314,57 @@ class OpenAIBackend:
         return answer
 
     def _with_retries(
-        self, request: Request, attempt: Callable[[], T], can_retry: Callable[[], bool] | None = None
+        self, request: Request, attempt: Callable[[str], T], can_retry: Callable[[], bool] | None = None
     ) -> T:
-        """Run `attempt()`; retry transient failures with backoff; raise `TransientError` when spent."""
+        """Run `attempt(url)`; retry transient failures with backoff; raise `TransientError` when spent.
+
+        A server that cannot be reached is left out and the attempt moves to another at once (not counted,
+        at most once per server); busy replies and timeouts are retried with backoff on whichever server
+        has the fewest requests in flight then.
+        """
         attempts = self.settings.max_retries + 1
         backoff = Backoff(base=self.backoff_seconds, cap=MAX_BACKOFF_SECONDS)
-        for number in range(1, attempts + 1):
-            try:
-                return attempt()
-            except (_Retryable, httpx.TransportError) as exc:
-                reason = exc.reason if isinstance(exc, _Retryable) else self._describe(exc)
-                last = number == attempts or (can_retry is not None and not can_retry())
-                delay = backoff.next_delay()
-                hinted = exc.retry_after if isinstance(exc, _Retryable) else None
-                if hinted is not None and 0 <= hinted <= MAX_BACKOFF_SECONDS:
-                    delay = max(delay, hinted)  # the server knows its queue better than our guess
-                then = "giving up for now" if last else f"retrying in {delay:.1f} s"
-                logger.warning("failed (%d/%d): %s; %s", number, attempts, reason, then)
-                if last:
-                    raise TransientError(msg("model_remote_down", reason=reason)) from exc
-                time.sleep(delay)
-        raise AssertionError("unreachable")  # the loop returns or raises
+        number, tried = 0, frozenset[str]()
+        while True:
+            with self.endpoints.use(tried) as endpoint:
+                try:
+                    result = attempt(endpoint.url)
+                except PermanentError:
+                    self.endpoints.succeeded(endpoint)  # it answered: reachable, only this request is bad
+                    raise
+                except (_Retryable, httpx.TransportError) as exc:
+                    error: Exception = exc
+                    reason = exc.reason if isinstance(exc, _Retryable) else self._describe(exc, endpoint.url)
+                    if isinstance(exc, UNREACHABLE):
+                        self.endpoints.unreachable(endpoint, reason)
+                        tried |= {endpoint.url}
+                        if (can_retry is None or can_retry()) and self.endpoints.others_usable(tried):
+                            logger.warning("%s; trying another server", reason)
+                            continue
+                else:
+                    self.endpoints.succeeded(endpoint)
+                    return result
+            number += 1
+            last = number >= attempts or (can_retry is not None and not can_retry())
+            delay = backoff.next_delay()
+            hinted = error.retry_after if isinstance(error, _Retryable) else None
+            if hinted is not None and 0 <= hinted <= MAX_BACKOFF_SECONDS:
+                delay = max(delay, hinted)  # the server knows its queue better than our guess
+            then = "giving up for now" if last else f"retrying in {delay:.1f} s"
+            logger.warning("failed (%d/%d): %s; %s", number, attempts, reason, then)
+            if last:
+                raise TransientError(msg("model_remote_down", reason=reason)) from error
+            time.sleep(delay)
+            tried = frozenset()
 
-    def _describe(self, exc: httpx.TransportError) -> str:
-        if isinstance(exc, httpx.TimeoutException):
-            return f"no reply from {self.base_url} within {self.settings.timeout_seconds:g} s"
-        return f"{type(exc).__name__} ({self.base_url}): {exc}"
+    def _describe(self, exc: httpx.TransportError, url: str) -> str:
+        if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+            return f"no reply from {url} within {self.settings.timeout_seconds:g} s"
+        return f"{type(exc).__name__} ({url}): {exc}"
+
+    def endpoint_statuses(self) -> list[ComponentStatus]:
+        """Each server's state (for `/health` and `/metrics`)."""
+        return self.endpoints.statuses()
 
 
 def _sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:

@@ -12,6 +12,7 @@ client cannot ask a 12 GB card for 32k tokens.
 
 from __future__ import annotations
 
+import contextvars
 import gc
 import importlib.util
 import logging
@@ -40,6 +41,11 @@ vision_log = logging.getLogger("tuwen.vision")
 # bitsandbytes must leave the vision tower (its patch embedding is a Conv3d, and it is small) and the output
 # head in full precision; quantizing them costs accuracy for little memory.
 QUANT_SKIP_MODULES = ["model.visual", "lm_head"]
+
+
+def _tagged(request: Request) -> dict[str, str] | None:
+    """Log `extra` naming this row's own job (a batch's job context names every job in the batch)."""
+    return {"tuwen_job": request.job_id} if request.job_id and request.job_id != "-" else None
 
 
 def _summary(exc: BaseException) -> str:
@@ -199,7 +205,11 @@ class TransformersBackend:
                 outcome["error"] = exc
                 streamer.end()  # unblock the reader; generate() never reached its own end()
 
-        worker = threading.Thread(target=generate, name=f"generate-{request.job_id}", daemon=True)
+        # The generating thread logs as the caller does: with the caller's job context (`[job …]`).
+        context = contextvars.copy_context()
+        worker = threading.Thread(
+            target=context.run, args=(generate,), name=f"generate-{request.job_id}", daemon=True
+        )
         worker.start()
         try:
             for piece in streamer:
@@ -266,6 +276,9 @@ class TransformersBackend:
 
     def _prepare(self, requests: Sequence[Request]) -> Any:
         conversations = [self._conversation(r) for r in requests]
+        # GLM-4.6V's template takes the reasoning switch (`batch` groups requests by their options).
+        thinking = requests[0].options.thinking
+        template_kwargs = {} if thinking is None else {"enable_thinking": thinking}
         started = time.monotonic()
         try:
             inputs = self._processor.apply_chat_template(
@@ -279,6 +292,7 @@ class TransformersBackend:
                 processor_kwargs={"padding": True, "do_convert_rgb": True},
                 # Chat users must not be able to type `<|image|>` or role tokens into the prompt.
                 sanitize_control_tokens=True,
+                **template_kwargs,
             )
         except Exception as exc:
             reason = f"preparing the prompt: {_summary(exc)}"
@@ -297,6 +311,7 @@ class TransformersBackend:
                     image.mode,
                     t * h * w // merge,
                     seconds,
+                    extra=_tagged(request),
                 )
         return inputs
 
@@ -362,5 +377,6 @@ class TransformersBackend:
                 cut,
                 seconds,
                 len(requests),
+                extra=_tagged(request),
             )
         return answers

@@ -1,9 +1,10 @@
 """What `/health` says: the worker, every source, and the database, each with its state.
 
-Healthy (200) only when the model worker can answer, every configured source is doing its job, and the
-database can be written. Anything else is 503 with the reason, so a load balancer, compose's health check or
-a person at the dashboard learns that scans are no longer being read, instead of a green light over a
-stopped watcher (the worst kind of failure for staff: nothing tells them).
+Healthy (200) only when the model worker can answer, every configured source is doing its job, at least
+one model server answers (a remote backend lists each of its servers), and the database can be written.
+Anything else is 503 with the reason, so a load balancer, compose's health check or a person at the
+dashboard learns that scans are no longer being read, instead of a green light over a stopped watcher (the
+worst kind of failure for staff: nothing tells them).
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ def health_report(app: HttpContext) -> tuple[int, dict[str, Any]]:
         readable = True
     except Exception:  # the report must answer even when the database cannot be read
         depth, counts, readable = {}, {}, False
-    sources_up = all(c.up for c in components if c.kind != "worker")
-    healthy = worker.alive and sources_up and storage.available and readable
+    sources_up = all(c.up for c in components if c.kind not in ("worker", "model-endpoint"))
+    # Several model servers: one down is shown, but the service still answers while another is up.
+    endpoints = [c for c in components if c.kind == "model-endpoint"]
+    endpoints_up = not endpoints or any(c.up for c in endpoints)
+    healthy = worker.alive and sources_up and endpoints_up and storage.available and readable
     body: dict[str, Any] = {
         "status": "healthy" if healthy else "unhealthy",
         "version": __version__,
@@ -47,7 +51,7 @@ def health_report(app: HttpContext) -> tuple[int, dict[str, Any]]:
         body["stuck_jobs"] = list(worker.stuck_jobs)
     if worker.error is not None:
         body["error"] = str(worker.error)
-    down = [c for c in components if not c.up]
+    down = [c for c in components if not c.up and (c.kind != "model-endpoint" or not endpoints_up)]
     if down and "error" not in body:
         first = down[0]
         body["error"] = f"{first.name}: {first.state}" + (f" ({first.error})" if first.error else "")

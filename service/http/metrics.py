@@ -222,7 +222,7 @@ class _ScrapeTimeCollector(Collector):
         )
         up = GaugeMetricFamily(
             "tuwen_source_up",
-            "1 when a component (watch, bot, worker) is doing its job",
+            "1 when a component (watch, bot, worker, model server) is doing its job",
             labels=["name", "kind"],
         )
         restarts = CounterMetricFamily(
@@ -235,6 +235,14 @@ class _ScrapeTimeCollector(Collector):
             restarts.add_metric([status.name, status.kind], status.restarts)
         yield up
         yield restarts
+        endpoints = getattr(app.worker.backend, "endpoints", None)
+        if endpoints is not None:  # a remote backend: requests in flight per server
+            in_flight = GaugeMetricFamily(
+                "tuwen_endpoint_in_flight", "Requests in flight per model server", labels=["url"]
+            )
+            for url, count in endpoints.in_flight().items():
+                in_flight.add_metric([url], count)
+            yield in_flight
         yield GaugeMetricFamily(
             "tuwen_storage_up",
             "1 when the database can be written",

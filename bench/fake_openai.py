@@ -1,4 +1,9 @@
-"""A local stand-in for vLLM's OpenAI-compatible server (aiohttp in a thread), shared by the tests."""
+"""A local stand-in for vLLM's OpenAI-compatible server (aiohttp in a thread), for tests and bench/remote.py.
+
+Like a continuously batching server it has no concurrency limit of its own: every request sleeps `latency`
+seconds (plus whatever its plan says) on the event loop, so any number can be in flight at once, and
+`max_in_flight` records the most that were.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +34,11 @@ class FakeOpenAIServer:
         self.reasoning_content: str | None = None
         self.error_message = "the server is overloaded"
         self.models_status = 200
+        self.latency = 0.0  # seconds every chat request takes before its answer starts
+        self.record_bodies = True  # False for benchmarks: thousands of base64 images add up
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.answered = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
@@ -37,6 +47,9 @@ class FakeOpenAIServer:
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
 
     def stop(self) -> None:
+        """Stop listening (connections are refused from now on); calling it again does nothing."""
+        if not self._thread.is_alive():
+            return
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
@@ -75,8 +88,20 @@ class FakeOpenAIServer:
         return web.json_response({"object": "list", "data": [entry]})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1  # one event loop thread: no lock needed
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer_chat(request)
+        finally:
+            self.in_flight -= 1
+            self.answered += 1
+
+    async def _answer_chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        self.requests.append({"path": request.path, "headers": dict(request.headers), "json": body})
+        recorded = body if self.record_bodies else {k: v for k, v in body.items() if k != "messages"}
+        self.requests.append({"path": request.path, "headers": dict(request.headers), "json": recorded})
+        if self.latency:
+            await asyncio.sleep(self.latency)
         action = self.plan.pop(0) if self.plan else None
         if isinstance(action, int):
             error = {"message": self.error_message, "type": "BadRequestError", "param": None, "code": action}

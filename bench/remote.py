@@ -1,0 +1,252 @@
+"""Keeping a remote model busy: a real `tuwen serve` against a stand-in for vLLM with a fixed latency.
+
+    .venv/bin/python bench/remote.py [--latency 0.5] [--scans 400] [--concurrency 8,32,64] [--profile]
+
+The stand-in (`bench/fake_openai.py`, aiohttp in this process) answers every request after `--latency`
+seconds and has no concurrency limit, like a continuously batching server with room to spare. tuwen serve
+runs in its own process with the `openai` backend, one watched folder and the HTTP API.
+
+1. **Backlog throughput** for each `--concurrency` C: `--scans` tiny distinct PNG scans are copied into the
+   watched folder at once; scans/s from the first copy to the last job recorded (read from the service's
+   own database), against the ideal C ÷ latency. Target: ≥ 90 % of ideal while the ideal is below the
+   spine's ceiling.
+2. **The spine's ceiling**: the same with latency 0 and C = 64 (what the service itself can do per second:
+   claim, decode, encode, send, record, write two sidecars, notice the file). With `--profile`, py-spy
+   samples the service meanwhile and the top functions by own time are printed (where the time goes).
+3. **Interactive latency during a backlog**: with C = 8 and the backlog filling every slot, 20 API
+   questions one after another; p50/p95 against the latency. Target: p95 ≤ latency + 0.5 s.
+
+Prints a Markdown section for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from bench.fake_openai import MODEL, FakeOpenAIServer  # noqa: E402
+from bench.serving import free_port, running_service, wait_healthy  # noqa: E402
+
+KEY = "bench-" + "k" * 26
+
+
+def make_scans(folder: Path, count: int, start: int = 0) -> list[Path]:
+    """`count` distinct 96×48 PNGs (distinct content, so no answer is reused from another)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for n in range(start, start + count):
+        image = Image.new("L", (96, 48), 255)
+        ImageDraw.Draw(image).text((4, 16), f"No. {n:06d}", fill=0)
+        path = folder / f"s{n:06d}.png"
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+def write_config(root: Path, server: str, port: int, concurrency: int) -> Path:
+    config = root / "config.toml"
+    config.write_text(
+        f"""
+[model]
+backend = "openai"
+[openai]
+base_url = "{server}"
+model = "{MODEL}"
+concurrency = {concurrency}
+max_retries = 1
+[storage]
+data_dir = "{root / "data"}"
+[http]
+host = "127.0.0.1"
+port = {port}
+api_key = "{KEY}"
+max_queue = 64
+[logging]
+level = "WARNING"
+[[watch]]
+path = "{root / "inbox"}"
+name = "bench"
+stable_seconds = 0.2
+rescan_seconds = 3600
+""",
+        encoding="utf-8",
+    )
+    return config
+
+
+def recorded(db: Path) -> int:
+    """Finished folder jobs, read from the service's database (read-only, beside its writer)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM jobs WHERE source='watch' AND status IN ('done','failed')"
+            )
+            return int(row.fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+
+
+def backlog_run(
+    server: FakeOpenAIServer, latency: float, concurrency: int, scans: int, profile: bool = False
+) -> dict[str, object]:
+    """One service, one backlog: scans/s, the most requests the server saw at once, and the profile."""
+    server.latency, server.max_in_flight = latency, 0
+    with tempfile.TemporaryDirectory(prefix="tuwen-remote-") as tmp:
+        root = Path(tmp)
+        (root / "inbox").mkdir()
+        staged = make_scans(root / "staged", scans)
+        port = free_port()
+        config = write_config(root, server.url, port, concurrency)
+        with running_service(config, root / "serve.log") as process:
+            wait_healthy(port, process, root / "serve.log")
+            spy = _start_profile(process.pid, root / "profile.txt") if profile else None
+            started = time.perf_counter()
+            for path in staged:
+                os.rename(path, root / "inbox" / path.name)  # a scanner's atomic drop
+            db = root / "data" / "tuwen.db"
+            while recorded(db) < scans:
+                if process.poll() is not None or time.perf_counter() - started > 600:
+                    raise SystemExit(f"backlog did not finish:\n{(root / 'serve.log').read_text()[-3000:]}")
+                time.sleep(0.05)
+            seconds = time.perf_counter() - started
+            top = _stop_profile(spy, root / "profile.txt") if spy else []
+    return {
+        "concurrency": concurrency,
+        "latency": latency,
+        "scans": scans,
+        "seconds": round(seconds, 2),
+        "per_s": round(scans / seconds, 1),
+        "ideal_per_s": round(concurrency / latency, 1) if latency else None,
+        "max_in_flight": server.max_in_flight,
+        "profile": top,
+    }
+
+
+def interactive_run(server: FakeOpenAIServer, latency: float, questions: int = 20) -> dict[str, float]:
+    """API questions one after another while a backlog fills every backlog slot (C = 8)."""
+    server.latency = latency
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "white").save(buffer, "PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    with tempfile.TemporaryDirectory(prefix="tuwen-remote-") as tmp:
+        root = Path(tmp)
+        (root / "inbox").mkdir()
+        port = free_port()
+        config = write_config(root, server.url, port, 8)
+        with running_service(config, root / "serve.log") as process:
+            wait_healthy(port, process, root / "serve.log")
+            backlog = int(8 / latency * (questions * (latency + 0.5) + 10))  # enough to outlast the questions
+            for path in make_scans(root / "staged", backlog):
+                os.rename(path, root / "inbox" / path.name)
+            time.sleep(2 + latency)  # the backlog is in flight
+            seconds = []
+            with httpx.Client(headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as client:
+                for n in range(questions):
+                    parts = [
+                        {"type": "text", "text": f"问题 {n}"},
+                        {"type": "image_url", "image_url": {"url": url}},
+                    ]
+                    body = {"model": "tuwen", "messages": [{"role": "user", "content": parts}]}
+                    began = time.perf_counter()
+                    response = client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body)
+                    seconds.append(time.perf_counter() - began)
+                    if response.status_code != 200:
+                        raise SystemExit(f"question {n}: HTTP {response.status_code} {response.text[:300]}")
+            pending = backlog - recorded(root / "data" / "tuwen.db")
+    ordered = sorted(seconds)
+    return {
+        "latency": latency,
+        "questions": questions,
+        "p50_s": round(statistics.median(ordered), 3),
+        "p95_s": round(ordered[int(0.95 * (len(ordered) - 1))], 3),
+        "max_s": round(ordered[-1], 3),
+        "backlog_still_pending": pending,
+    }
+
+
+def _start_profile(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        print("(py-spy not installed: `pip install py-spy` for --profile)", file=sys.stderr)
+        return None
+    command = [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--output", str(out)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _stop_profile(spy: subprocess.Popen[bytes], out: Path, top: int = 12) -> list[tuple[str, float]]:
+    """py-spy's collapsed stacks → the functions with the most samples at the top of the stack."""
+    spy.send_signal(2)
+    spy.wait(30)
+    own: Counter[str] = Counter()
+    total = 0
+    for line in out.read_text(encoding="utf-8", errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frame = stack.split(";")[-1]
+        own[frame.split(" (")[0] + " " + frame.rsplit("/", 1)[-1].rstrip(")")] += int(count)
+        total += int(count)
+    return [(name, round(100 * n / total, 1)) for name, n in own.most_common(top)] if total else []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--latency", type=float, default=0.5)
+    parser.add_argument("--scans", type=int, default=400)
+    parser.add_argument("--concurrency", default="8,32,64")
+    parser.add_argument("--ceiling-scans", type=int, default=1500)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args(argv)
+    server = FakeOpenAIServer()
+    server.record_bodies = False
+    server.start()
+    try:
+        ceiling = backlog_run(server, 0.0, 64, args.ceiling_scans, profile=args.profile)
+        runs = [backlog_run(server, args.latency, int(c), args.scans) for c in args.concurrency.split(",")]
+        interactive = interactive_run(server, args.latency)
+    finally:
+        server.stop()
+    print(f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.machine()}.\n")
+    print("| concurrency | latency | scans | seconds | scans/s | ideal | of ideal | max in flight |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for run in runs:
+        share = float(run["per_s"]) / float(run["ideal_per_s"])  # type: ignore[arg-type]
+        cells = [run["concurrency"], f"{run['latency']} s", run["scans"], run["seconds"], run["per_s"]]
+        cells += [run["ideal_per_s"], f"{share:.0%}", run["max_in_flight"]]
+        print("| " + " | ".join(str(cell) for cell in cells) + " |")
+    print(
+        f"\nSpine ceiling (latency 0, concurrency 64, {ceiling['scans']} scans): "
+        f"**{ceiling['per_s']} jobs/s** ({ceiling['seconds']} s)."
+    )
+    if ceiling["profile"]:
+        print("\nWhere the service's time goes (py-spy, share of samples at the top of the stack):\n")
+        for name, share in ceiling["profile"]:  # type: ignore[union-attr]
+            print(f"- {share} % `{name}`")
+    i = interactive
+    print(
+        f"\nInteractive amid a backlog (C = 8, latency {i['latency']} s, {i['questions']} questions in a row"
+        f"): p50 {i['p50_s']} s, p95 {i['p95_s']} s, max {i['max_s']} s; "
+        f"{i['backlog_still_pending']} backlog scans still pending at the end."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

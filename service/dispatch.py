@@ -1,0 +1,110 @@
+"""Continuous dispatch, for a backend that answers many requests at once (a remote vLLM or SGLang server).
+
+With `[openai] concurrency` N > 1 the worker thread stops answering batches and becomes a dispatcher: it
+keeps up to N backlog jobs in flight on a pool of threads and claims the next one as each answer arrives,
+so there is no batch barrier (the slowest request holds only its own slot) and a continuously batching
+server sees N requests, not `[model] batch_size`. Interactive jobs (someone is waiting, often watching the
+answer stream in) have N slots of their own: a question goes out at once even while the backlog fills every
+backlog slot; the server batches whatever arrives.
+
+Each job runs on its pool thread exactly as the sequential worker runs one job (`WorkerRun.process`):
+prepare, answer (streamed when someone listens), record. The stuck-job watchdog sees every job in hand with
+its own start time; a run it abandons stops dispatching, and whatever its threads bring back is discarded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from db.models import Job
+from service.errors import StorageUnavailable
+from service.events import Priority
+from service.logs import job_context
+from service.recorder import StopRecording
+
+if TYPE_CHECKING:
+    from service.worker_run import WorkerRun
+
+log = logging.getLogger(f"tuwen.{__name__}")
+
+FULL_WAIT_SECONDS = 0.25  # while every slot is busy: how often to look again (an answer wakes it sooner)
+INTERACTIVE = (int(Priority.INTERACTIVE) - 1000, int(Priority.INTERACTIVE))
+BACKLOG = (int(Priority.INTERACTIVE) + 1, 1_000_000)
+
+
+class Dispatcher:
+    """Up to `concurrency` backlog jobs and as many interactive ones in flight, claimed as slots free."""
+
+    def __init__(self, run: WorkerRun, concurrency: int) -> None:
+        self.run = run
+        self.concurrency = concurrency
+        self._lock = threading.Lock()
+        self._busy = {"interactive": 0, "backlog": 0}
+
+    def free(self, kind: str) -> int:
+        """Free slots of one kind ("interactive" or "backlog")."""
+        with self._lock:
+            return self.concurrency - self._busy[kind]
+
+    def serve(self, stop: threading.Event) -> None:
+        """Claim and hand out jobs until `stop` (or until the watchdog gives this run's work to another)."""
+        run, queue = self.run, self.run.owner.queue
+        log.info("dispatching up to %d requests at once", self.concurrency)
+        try:
+            while not stop.is_set() and run.current():
+                free_interactive, free_backlog = self.free("interactive"), self.free("backlog")
+                if free_interactive <= 0 and free_backlog <= 0:
+                    queue.wait_for_work(FULL_WAIT_SECONDS)  # an answer arriving notifies the queue
+                    continue
+                try:
+                    jobs = self._claim(free_interactive, free_backlog)
+                except StorageUnavailable:
+                    stop.wait(2.0)  # Store.health logged it; claims resume once the disk is writable
+                    continue
+                if not jobs:
+                    run.idle(stop)
+                    continue
+                for job in jobs:
+                    self._start(job)
+        finally:
+            # No new jobs start; those in flight finish and are recorded (the service's stop timeout
+            # re-queues what is still out after it, and these threads, being daemons, never hold up exit).
+            while self.busy() and run.current():
+                queue.wait_for_work(FULL_WAIT_SECONDS)
+
+    def busy(self) -> int:
+        """Jobs in flight."""
+        with self._lock:
+            return sum(self._busy.values())
+
+    def _start(self, job: Job) -> None:
+        kind = "interactive" if job.priority <= Priority.INTERACTIVE else "backlog"
+        with self._lock:
+            self._busy[kind] += 1
+        # A thread per job rather than a pool: daemon threads, so a request the server never answers
+        # cannot keep the process alive at exit (ThreadPoolExecutor joins its threads then).
+        threading.Thread(
+            target=self._one, args=(job, kind), name=f"tuwen-dispatch-{job.id}", daemon=True
+        ).start()
+
+    def _claim(self, free_interactive: int, free_backlog: int) -> list[Job]:
+        claim = self.run.claim
+        jobs = claim(free_interactive, INTERACTIVE) if free_interactive > 0 else []
+        if free_backlog > 0:
+            jobs += claim(free_backlog, BACKLOG)
+        return jobs
+
+    def _one(self, job: Job, kind: str) -> None:
+        try:
+            with job_context(job.uid):
+                self.run.process([job])
+        except StopRecording:
+            pass  # stopping while storage is down: the job stays claimed, re-queued by release or next start
+        except Exception:  # recorded on the job by process(); one job must not stop the others
+            log.exception("dispatching a job failed")
+        finally:
+            with self._lock:
+                self._busy[kind] -= 1
+            self.run.owner.queue.notify()  # a slot is free: the dispatcher may claim again
