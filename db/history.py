@@ -3,8 +3,13 @@
 Search has to work for Chinese, which has no spaces between words, so a word tokenizer is useless. The
 `jobs_fts` index (migration 0002) uses FTS5's trigram tokenizer: any substring of three or more characters
 is found through the index. Trigrams cannot find one- or two-character strings (「鼎」, 「合影」, which are
-whole words in Chinese), so those terms fall back to `LIKE '%…%'` over the same columns (a scan, but
+whole words in Chinese), so those terms fall back to `LIKE '%…%'` over the same text (a scan, but
 bounded by the other filters and fast enough for an archive's tens of thousands of jobs).
+
+Both look in `jobs.search_text` (migration 0004), the searched columns folded by `db.folding.fold`,
+and every query term is folded the same way first: 布告 finds 佈告, 县政府 finds 縣政府 and the reverse,
+ＡＢＣ１２３ finds abc123. Whether a term is short is decided on its folded form (NFKC can lengthen it:
+ﬃ is ffi). The jobs found are shown with their original columns; nothing displays the folded text.
 
 The query is split on whitespace; every term must match (AND), each in any of the searched columns. Terms
 are always passed to FTS5 as quoted strings, never as query syntax, so `"`, `*`, `NEAR(`, `OR`, `-` and
@@ -27,13 +32,13 @@ from typing import Any
 
 from sqlalchemy import Column, ColumnElement, Integer, MetaData, Table, Text, and_, case, func, or_, select
 
+from db.folding import fold
 from db.models import FTS_TABLE, Job, JobStatus, ReviewStatus
 from db.store import Store
 
 # The FTS table, described only as far as queries need it (its own MetaData: migrations must not see it).
 # The hidden column named like the table is what FTS5's MATCH operator is applied to.
 _FTS = Table(FTS_TABLE, MetaData(), Column("rowid", Integer), Column(FTS_TABLE, Text))
-_SEARCHED = (Job.question, Job.answer, Job.ocr_text, Job.correction, Job.file_path)
 # Trigrams need three characters; shorter terms go to LIKE.
 MIN_FTS_CHARS = 3
 _CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -168,9 +173,9 @@ def filter_conditions(job_filter: JobFilter) -> list[ColumnElement[bool]]:
 
 
 def text_conditions(q: str) -> list[ColumnElement[bool]]:
-    """Conditions for a keyword query: every whitespace-separated term must occur in a searched column."""
+    """Conditions for a keyword query: each whitespace-separated term, folded, must occur in search_text."""
     # FTS5 reads its query as a C string: a NUL would end it mid-quote ("unterminated string").
-    terms = _CONTROL_CHARS.sub(" ", q).split()
+    terms = [fold(term) for term in _CONTROL_CHARS.sub(" ", q).split()]
     conditions: list[ColumnElement[bool]] = []
     long_terms = [term for term in terms if len(term) >= MIN_FTS_CHARS]
     if long_terms:
@@ -181,7 +186,7 @@ def text_conditions(q: str) -> list[ColumnElement[bool]]:
     for term in terms:
         if len(term) < MIN_FTS_CHARS:
             pattern = "%" + _escape_like(term) + "%"
-            conditions.append(or_(*(column.like(pattern, escape="\\") for column in _SEARCHED)))
+            conditions.append(Job.search_text.like(pattern, escape="\\"))
     return conditions
 
 

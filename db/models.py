@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,9 +18,13 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    event,
+    inspect,
 )
-from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, Mapper, ORMExecuteState, Session, mapped_column
+
+from db.folding import fold
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -66,11 +71,21 @@ class ReviewStatus:
     ALL = (UNREVIEWED, CORRECT, CORRECTED)
 
 
-# The full-text index over jobs (migration 0002): an FTS5 virtual table with the trigram tokenizer, an
-# external-content index of `jobs` kept in step by triggers. It is not a model: SQLAlchemy cannot describe
-# a virtual table, so autogenerate must be told to leave it and its shadow tables alone (`include_object`).
+# The full-text index over jobs (migration 0002, on `search_text` since 0004): an FTS5 virtual table with
+# the trigram tokenizer, an external-content index of `jobs` kept in step by triggers. It is not a model:
+# SQLAlchemy cannot describe a virtual table, so autogenerate must be told to leave it and its shadow tables
+# alone (`include_object`).
 FTS_TABLE = "jobs_fts"
-FTS_COLUMNS = ("question", "answer", "ocr_text", "correction", "file_path")
+# The columns history search looks in, in the order `search_text` joins them.
+SEARCHED_COLUMNS = ("question", "answer", "ocr_text", "correction", "file_path")
+
+
+def search_text_of(values: Iterable[str | None]) -> str:
+    """What `jobs.search_text` holds for the SEARCHED_COLUMNS values: each folded, one per line.
+
+    The newline keeps a term from matching across two columns (query terms never contain whitespace).
+    """
+    return fold("\n".join(value or "" for value in values))
 
 
 def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
@@ -160,6 +175,9 @@ class Job(Base):
     request_id: Mapped[str | None] = mapped_column(String(64))
     # What the caller asked of the generation (service.events.GenerationOptions.as_dict()).
     options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Migration 0004: `search_text_of` the searched columns, what the search index holds. Set by the flush
+    # hooks below, never by hand; deferred because only the database reads it (`db.history`).
+    search_text: Mapped[str | None] = mapped_column(Text, deferred=True)
 
     __table_args__ = (
         Index("ix_jobs_claim", "status", "priority", "id"),
@@ -171,6 +189,39 @@ class Job(Base):
         Index("ix_jobs_review", "status", "review_status"),
         Index("ix_jobs_node", "status", "node"),
     )
+
+
+# `search_text` cannot be forgotten: every ORM write of a job (the queue's insert, a finished answer, a
+# review, a renamed file) passes through these flush hooks, whichever store does it.
+@event.listens_for(Job, "before_insert")
+def _fold_inserted(_mapper: Mapper[Job], _connection: Connection, job: Job) -> None:
+    job.search_text = search_text_of(getattr(job, name) for name in SEARCHED_COLUMNS)
+
+
+@event.listens_for(Job, "before_update")
+def _fold_updated(_mapper: Mapper[Job], _connection: Connection, job: Job) -> None:
+    attrs = inspect(job).attrs
+    if any(attrs[name].history.has_changes() for name in SEARCHED_COLUMNS):
+        job.search_text = search_text_of(getattr(job, name) for name in SEARCHED_COLUMNS)
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _refuse_unfolded_bulk_writes(state: ORMExecuteState) -> None:
+    """A bulk `insert(Job)`/`update(Job)` skips the hooks above: one setting a searched column is refused."""
+    if not (state.is_insert or state.is_update):
+        return
+    if getattr(getattr(state.statement, "table", None), "name", None) != Job.__tablename__:
+        return
+    keys = {str(getattr(key, "key", key)) for key in getattr(state.statement, "_values", None) or {}}
+    params = state.parameters or {}
+    for row in [params] if isinstance(params, Mapping) else params:
+        keys.update(row.keys())
+    searched = keys.intersection(SEARCHED_COLUMNS)
+    if searched and "search_text" not in keys:
+        raise RuntimeError(
+            f"a bulk write of jobs sets {sorted(searched)} without search_text: "
+            "change searched columns on loaded Job objects (the flush hooks fold them)"
+        )
 
 
 class FileState:
