@@ -1,7 +1,8 @@
 """Storage faults a running service waits out: a full disk, a read-only or locked database, I/O errors.
 
-SQLite reports them as text (and sometimes an errno); they become `StorageUnavailable` with a plain message,
-so the worker, the watchers and the API can tell a transient fault from a bug.
+SQLite reports them as text (and sometimes an errno); PostgreSQL as an SQLSTATE code, and a server that is
+down or restarting as a connection error without one. They become `StorageUnavailable` with a plain
+message, so the worker, the watchers and the API can tell a transient fault from a bug.
 """
 
 from __future__ import annotations
@@ -24,11 +25,27 @@ _FAULTS: tuple[tuple[str, str], ...] = (
 )
 
 
-def storage_fault(exc: BaseException, path: Path) -> StorageUnavailable | None:
-    """The transient storage fault behind `exc` (disk full, read-only, locked, I/O), or None."""
+# PostgreSQL's SQLSTATE codes (and classes, by their first two characters) for the same faults.
+_PG_FAULTS: dict[str, str] = {
+    "08": "unreachable",  # connection exception
+    "57P01": "unreachable",  # admin shutdown (a restart)
+    "57P02": "unreachable",  # crash shutdown
+    "57P03": "unreachable",  # cannot connect now (starting up, recovering)
+    "53100": "disk_full",
+    "53200": "busy",  # out of memory
+    "53300": "busy",  # too many connections
+    "25006": "read_only",  # read-only transaction: a standby, or default_transaction_read_only
+    "40001": "busy",  # serialization failure
+    "40P01": "busy",  # deadlock detected (the other transaction went through)
+    "55P03": "busy",  # lock not available
+}
+
+
+def storage_fault(exc: BaseException, path: Path | str) -> StorageUnavailable | None:
+    """The transient storage fault behind `exc` (disk full, read-only, locked, I/O, unreachable), or None."""
     text_ = str(getattr(exc, "orig", None) or exc).lower()
     errno_ = getattr(getattr(exc, "orig", exc), "errno", None)
-    kind = next((kind for needle, kind in _FAULTS if needle in text_), None)
+    kind = _postgresql_fault(exc) or next((kind for needle, kind in _FAULTS if needle in text_), None)
     if kind is None and errno_ == 28:  # ENOSPC
         kind = "disk_full"
     if kind is None and errno_ == 30:  # EROFS
@@ -36,8 +53,19 @@ def storage_fault(exc: BaseException, path: Path) -> StorageUnavailable | None:
     if kind is None:
         return None
     message: Message
-    if kind == "io":
-        message = msg("storage_io", path=path, reason=text_.strip()[:200])
+    if kind in ("io", "unreachable"):
+        message = msg(f"storage_{kind}", path=path, reason=text_.strip()[:200])
     else:
         message = msg(f"storage_{kind}", path=path)
     return StorageUnavailable(message, kind)
+
+
+def _postgresql_fault(exc: BaseException) -> str | None:
+    orig = getattr(exc, "orig", None)
+    if orig is None or type(orig).__module__.split(".")[0] != "psycopg":
+        return None
+    state = getattr(orig, "sqlstate", None)
+    if state is None:
+        # No SQLSTATE: the connection itself failed (refused, reset, the server went away mid-query).
+        return "unreachable" if type(orig).__name__ in ("OperationalError", "InterfaceError") else None
+    return _PG_FAULTS.get(state) or _PG_FAULTS.get(state[:2])
