@@ -723,6 +723,22 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
     "ui_reports_file_markdown": ("Markdown 文本", "Markdown"),
     "ui_reports_file_csv": ("表格（CSV）", "Table (CSV)"),
     "ui_reports_file_png": ("图表", "Chart"),
+    # The history's CSV export (GET /api/jobs/export.csv): headers, Chinese by default, English with ?lang=en
+    "export_col_id": ("编号", "id"),
+    "export_col_created": ("提交时间（{timezone}）", "submitted ({timezone})"),
+    "export_col_finished": ("完成时间（{timezone}）", "finished ({timezone})"),
+    "export_col_source": ("来源", "source"),
+    "export_col_source_ref": ("来源标识", "source ref"),
+    "export_col_file": ("文件", "file"),
+    "export_col_question": ("问题", "question"),
+    "export_col_answer": ("回答", "answer"),
+    "export_col_ocr_text": ("识别文字", "OCR text"),
+    "export_col_status": ("状态", "status"),
+    "export_col_error": ("错误", "error"),
+    "export_col_review_status": ("审核状态", "review status"),
+    "export_col_correction": ("更正", "correction"),
+    "export_col_reviewed_by": ("审核人", "reviewed by"),
+    "export_col_reviewed_at": ("审核时间（{timezone}）", "reviewed ({timezone})"),
 }
 
 

@@ -1,7 +1,7 @@
 """History and review JSON API (docs/http-contract.md, "History and review"), all behind the FULL scope.
 
 - GET  /api/jobs                  search + filters + paging (db.history.search_jobs)
-- GET  /api/jobs/export.csv       the filtered set as an Excel-friendly CSV (UTF-8 with BOM, CRLF)
+- GET  /api/jobs/export.csv       the filtered set as an Excel-friendly CSV (service.http.history_csv)
 - GET  /api/jobs/{id}             one job, with its conversation history
 - GET  /api/jobs/{id}/thumbnail   JPEG, long edge <= 256 px (service.thumbnails)
 - POST /api/jobs/{id}/review      a verdict (and correction); folder jobs get their sidecars rewritten
@@ -16,13 +16,11 @@ and image decoding belong.
 
 from __future__ import annotations
 
-import csv
-import io
 import re
-from collections.abc import Iterator
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import StreamingResponse
@@ -36,29 +34,12 @@ from db.history import (
     search_jobs,
 )
 from db.models import Job, ReviewStatus
-from service.csvcells import spreadsheet_cell
 from service.http.auth import Scope, require
 from service.http.context import HttpContext
 from service.http.errors import ApiError
+from service.http.history_csv import LANGUAGES, csv_chunks
 from service.messages import msg, render
 from service.thumbnails import thumbnail_bytes
-
-CSV_COLUMNS = (
-    "id",
-    "time",
-    "source",
-    "source_ref",
-    "file",
-    "question",
-    "answer",
-    "ocr_text",
-    "status",
-    "error",
-    "review_status",
-    "correction",
-)
-_BOM = "\ufeff"
-_EXPORT_BATCH_ROWS = 200
 
 
 def job_summary(job: Job) -> dict[str, Any]:
@@ -148,11 +129,14 @@ def build_router(ctx: HttpContext) -> APIRouter:
     @router.get("/api/jobs/export.csv")
     def export_csv(
         job_filter: JobFilter = Depends(job_filter_params),  # noqa: B008 - FastAPI's dependency idiom
+        lang: str = "",
     ) -> StreamingResponse:
-        """The filtered set as CSV for Excel: UTF-8 with BOM, CRLF rows, formula-safe cells."""
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        """The filtered set as CSV for Excel (service.http.history_csv); headers in Chinese, or `lang=en`."""
+        check_choice("lang", lang, LANGUAGES)
+        timezone = ctx.config.http.timezone
+        stamp = datetime.now(ZoneInfo(timezone)).strftime("%Y%m%d-%H%M%S")
         return StreamingResponse(
-            _csv_chunks(iter_jobs(store, job_filter)),
+            csv_chunks(iter_jobs(store, job_filter), lang or "zh", timezone),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="tuwen-jobs-{stamp}.csv"'},
         )
@@ -211,37 +195,3 @@ def _parse_int(name: str, value: str, low: int, high: int) -> int:
             400, msg("history_bad_param", name=name, value=value, allowed=f"{low}–{high}"), param=name
         )
     return number
-
-
-def _csv_chunks(jobs: Iterator[Job]) -> Iterator[bytes]:
-    """BOM + header, then rows in chunks (Excel needs the BOM to read UTF-8 as UTF-8)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    buffer.write(_BOM)
-    writer.writerow(CSV_COLUMNS)
-    for rows, job in enumerate(jobs, start=1):
-        writer.writerow([spreadsheet_cell(value) for value in _csv_values(job)])
-        if rows % _EXPORT_BATCH_ROWS == 0:
-            yield buffer.getvalue().encode("utf-8")
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue().encode("utf-8")
-
-
-def _csv_values(job: Job) -> tuple[object, ...]:
-    # Local time, like the date filters: the export is read by people in the building.
-    local = job.created_at.astimezone().isoformat(timespec="seconds") if job.created_at else ""
-    return (
-        job.id,
-        local,
-        job.source,
-        job.source_ref,
-        job.file_path,
-        job.question,
-        job.answer,
-        job.ocr_text,
-        job.status,
-        job.error,
-        job.review_status,
-        job.correction,
-    )
