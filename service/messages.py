@@ -745,6 +745,12 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
     "export_col_correction": ("更正", "correction"),
     "export_col_reviewed_by": ("审核人", "reviewed by"),
     "export_col_reviewed_at": ("审核时间（{timezone}）", "reviewed ({timezone})"),
+    # On-demand reports (the Reports tab's 「生成报告」)
+    "report_range_too_long": (
+        "期间共 {days} 天，一次最多生成 {limit} 天的报告",
+        "the period has {days} days; one report covers at most {limit}",
+    ),
+    "report_write_failed": ("报告 {name} 生成失败：{reason}", "report {name} could not be written: {reason}"),
 }
 
 
