@@ -2,7 +2,8 @@
 
 - GET  /api/jobs                  search + filters + paging (db.history.search_jobs)
 - GET  /api/jobs/export.csv       the filtered set as an Excel-friendly CSV (service.http.history_csv)
-- GET  /api/jobs/{id}             one job, with its conversation history
+- GET  /api/jobs/{id}             one job, with its conversation, OCR lines, pages and sidecars
+- GET  /api/jobs/{id}/pages/{n}   page n as a JPEG in the pixels of its OCR boxes (service.http.job_pages)
 - GET  /api/jobs/{id}/thumbnail   JPEG, long edge <= 256 px (service.thumbnails)
 - POST /api/jobs/{id}/review      a verdict (and correction); folder jobs get their sidecars rewritten
 - POST /api/review/sample         random unreviewed done jobs
@@ -38,6 +39,7 @@ from service.http.auth import Scope, require
 from service.http.context import HttpContext
 from service.http.errors import ApiError
 from service.http.history_csv import LANGUAGES, csv_chunks
+from service.http.job_pages import detail_fields, page_jpeg
 from service.messages import msg, render
 from service.thumbnails import thumbnail_bytes
 
@@ -143,9 +145,18 @@ def build_router(ctx: HttpContext) -> APIRouter:
 
     @router.get("/api/jobs/{job_id:int}")
     def job_detail(job_id: int) -> dict[str, Any]:
-        """One job with the earlier turns of its conversation."""
+        """One job with its conversation, OCR lines, page images and sidecars (service.http.job_pages)."""
         job = get_job(job_id)
-        return {**job_summary(job), "history": list(job.history or [])}
+        return {**job_summary(job), **detail_fields(job, ctx.config)}
+
+    @router.get("/api/jobs/{job_id:int}/pages/{number:int}")
+    def job_page(job_id: int, number: int) -> Response:
+        """Page `number` (1-based) as a JPEG in the pixels its OCR boxes use; 404 when gone or undecodable."""
+        job = get_job(job_id)
+        data = page_jpeg(job, number, ctx.config.storage.data_dir, ctx.config.images)
+        if data is None:
+            raise ApiError(404, msg("api_not_found", what=f"page {number} of job {job_id}"))
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
 
     @router.get("/api/jobs/{job_id:int}/thumbnail")
     def job_thumbnail(job_id: int) -> Response:
