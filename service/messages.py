@@ -751,6 +751,67 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
         "the period has {days} days; one report covers at most {limit}",
     ),
     "report_write_failed": ("报告 {name} 生成失败：{reason}", "report {name} could not be written: {reason}"),
+    # Pages for staff at work (issue 14): labels, the review tab's batches and shortcuts, reports on demand
+    "ui_tabs_label": ("页面", "Sections"),
+    "ui_history_search_label": ("搜索历史记录", "Search the history"),
+    "ui_status_done": ("完成", "done"),
+    "ui_review_sample_size": ("每次抽取", "Per batch"),
+    "ui_review_next": ("再抽 {n} 条", "Next {n}"),
+    "ui_review_shortcuts": (
+        "快捷键：j / k 切换卡片，1 标为正确，e 编辑更正，Esc 退出编辑",
+        "Shortcuts: j / k next / previous card, 1 mark correct, e edit the correction, Esc leave the box",
+    ),
+    "ui_review_correction_label": (
+        "更正后的回答（原样保存即记为正确）",
+        "Corrected answer (saved unchanged, it counts as correct)",
+    ),
+    "ui_review_saved_unchanged": ("内容未改动，已记为正确", "Unchanged: saved as correct"),
+    "ui_reports_generate_title": ("生成报告", "Generate a report"),
+    "ui_reports_generate": ("生成报告", "Generate report"),
+    "ui_reports_default_period": (
+        "默认期间：昨天（{date}，{timezone} 时间）",
+        "Default period: yesterday ({date}, {timezone} time)",
+    ),
+    "ui_reports_generating": ("正在生成…", "Generating…"),
+    "ui_reports_generated": ("已生成 {name}（{period}）：", "Written: {name} ({period}):"),
+    "ui_feed_live": ("已连接，实时更新", "Connected: live"),
+    # A job's own page (/jobs/{id})
+    "ui_job_open": ("查看详情", "Details"),
+    "ui_job_title": ("任务 #{id}", "Job #{id}"),
+    "ui_job_back": ("返回历史记录", "Back to the history"),
+    "ui_job_model": ("模型 {model} · 用时 {ms} 毫秒", "model {model} · {ms} ms"),
+    "ui_job_pages": ("页面与识别框", "Pages and OCR boxes"),
+    "ui_job_page": ("第 {n} 页", "Page {n}"),
+    "ui_job_page_alt": ("第 {n} 页的扫描", "scan of page {n}"),
+    "ui_job_legend": (
+        "每个方框是识别出的一行文字；红框的置信度低于 {threshold}，请核对",
+        "each box is one line the reader found; red boxes were read with confidence under {threshold}: check them",
+    ),
+    "ui_job_no_image": ("图片已不在（已清理或移走）", "the image is gone (cleaned up or moved)"),
+    "ui_job_text_layer": (
+        "这一页的文字取自 PDF 自带的文字层，没有识别框",
+        "this page's text is the PDF's own text layer: there are no boxes",
+    ),
+    "ui_job_rotated": (
+        "扫描件需顺时针旋转 {degrees}° 才是正向；方框画在原图上",
+        "the scan reads upright turned {degrees}° clockwise; the boxes are drawn on the image as stored",
+    ),
+    "ui_job_ocr_lines": ("识别文字（逐行）", "OCR text, line by line"),
+    "ui_job_confidence": ("置信度 {value}", "confidence {value}"),
+    "ui_job_no_ocr": ("这项任务没有逐行识别结果", "this job has no OCR lines"),
+    "ui_job_notes": ("说明", "Notes"),
+    "ui_job_conversation": ("对话", "Conversation"),
+    "ui_job_sidecars": ("附带文件", "Sidecar files"),
+    "ui_job_sidecar_missing": ("（尚未写出）", "(not written yet)"),
+    "ui_job_sidecars_none": ("只有文件夹任务才有附带文件", "only folder jobs have sidecar files"),
+    "ui_job_reviewed_by": ("审核人：{who}（{time}）", "reviewed by {who} ({time})"),
+    "ui_job_rerun": ("重新处理", "Run again"),
+    "ui_job_rerun_hint": (
+        "用当前的模型和设置再回答一次；原来的回答保留在历史记录中",
+        "Answer it again with the current model and settings; the earlier answer stays in the history",
+    ),
+    "ui_job_rerun_done": ("已重新排队", "Queued again"),
+    "ui_job_rerun_new": ("新任务 #{id}", "new job #{id}"),
 }
 
 
