@@ -148,14 +148,11 @@ def test_a_folder_job_names_its_sidecars_and_others_have_none(jobs: Jobs) -> Non
     assert (follow_up["reviewed_by"], follow_up["reviewed_at"]) == (None, None)
 
 
-def test_the_job_page_needs_the_key(jobs: Jobs) -> None:
-    for path in (f"/jobs/{jobs.ids['scan']}", f"/api/jobs/{jobs.ids['scan']}/pages/1"):
-        anonymous = httpx.get(jobs.live.base_url + path, timeout=10)
-        assert anonymous.status_code in (303, 401)
-    assert (
-        httpx.get(jobs.live.base_url + f"/jobs/{jobs.ids['scan']}", timeout=10).headers["location"]
-        == "/login"
-    )
+def test_the_job_page_and_its_images_need_the_key(jobs: Jobs) -> None:
+    page = httpx.get(jobs.live.base_url + f"/jobs/{jobs.ids['scan']}", timeout=10)
+    image = httpx.get(jobs.live.base_url + f"/api/jobs/{jobs.ids['scan']}/pages/1", timeout=10)
+    assert (page.status_code, page.headers["location"]) == (303, "/login")
+    assert image.status_code == 401 and image.json()["error"]["code"] == "api_unauthorized"
 
 
 # -- the page -----------------------------------------------------------------------------------------------

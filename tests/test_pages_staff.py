@@ -237,7 +237,7 @@ def test_axe_finds_nothing_critical_or_serious(
         for v in result["violations"]
         if v["impact"] in ("critical", "serious")
     ]
-    assert result["passes"] or result["violations"] is not None  # axe really ran
+    assert len(result["passes"]) >= 10  # axe really ran its rules on this page
     assert serious == []
 
 
