@@ -758,8 +758,8 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
     "ui_review_sample_size": ("每次抽取", "Per batch"),
     "ui_review_next": ("再抽 {n} 条", "Next {n}"),
     "ui_review_shortcuts": (
-        "快捷键：j / k 切换卡片，1 标为正确，e 编辑更正，Esc 退出编辑",
-        "Shortcuts: j / k next / previous card, 1 mark correct, e edit the correction, Esc leave the box",
+        "快捷键：j 下一张、k 上一张，1 标为正确，e 编辑更正，Esc 退出编辑",
+        "Shortcuts: j next card, k previous card, 1 mark correct, e edit the correction, Esc leave the box",
     ),
     "ui_review_correction_label": (
         "更正后的回答（原样保存即记为正确）",

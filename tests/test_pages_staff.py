@@ -279,7 +279,7 @@ def test_the_kiosk_in_english_shows_the_english_title_and_presets(
 def test_review_in_batches_with_keyboard_shortcuts(staff: Staff, context_for: Callable[..., Watched]) -> None:
     store = staff.live.app.store
     page = open_at(context_for(), staff, "review")
-    expect(page.locator("#shortcuts")).to_contain_text("j / k")
+    expect(page.locator("#shortcuts")).to_contain_text("j 下一张、k 上一张，1 标为正确，e 编辑更正")
     page.fill("#sample-size", "2")
     page.click("#sample")
     cards = page.locator(".review-card")
