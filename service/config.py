@@ -43,6 +43,17 @@ DEFAULT_IGNORE: tuple[str, ...] = (
 )
 
 
+def known_timezone(value: str) -> str:
+    """`value` if zoneinfo knows it (a validator for every timezone key); ValueError otherwise."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError("is not a known timezone (e.g. Asia/Shanghai, Europe/Berlin, UTC)") from exc
+    return value
+
+
 def _ids_as_text(value: object) -> object:
     # Telegram ids are numbers, WeChat/WeCom ids are strings: compare them all as text.
     return [str(item) for item in value] if isinstance(value, list) else value
@@ -164,6 +175,10 @@ class HttpConfig(Strict):
     max_pixels_per_request: int = Field(200_000_000, ge=1_000_000)
     # Browser origins allowed to call the API from other sites (CORS); empty = none.
     cors_origins: list[str] = Field(default_factory=list)
+    # The institution's clock: CSV export times and the Reports tab's "yesterday" are in this zone.
+    timezone: str = "Asia/Shanghai"
+
+    _timezone = field_validator("timezone")(known_timezone)
 
 
 class KioskConfig(Strict):
@@ -172,6 +187,11 @@ class KioskConfig(Strict):
     title: str = "拍一拍，问一问"
     presets: list[str] = Field(
         default_factory=lambda: ["这是什么？", "它是什么年代的？", "请用简单的话给孩子讲讲它"]
+    )
+    # What a visitor who switches to English sees instead (empty: the Chinese ones stay).
+    title_en: str = "Snap it, ask it"
+    presets_en: list[str] = Field(
+        default_factory=lambda: ["What is this?", "How old is it?", "Explain it simply, for a child"]
     )
     idle_seconds: float = Field(90.0, ge=5)
     max_turns: int = Field(6, ge=1, le=50)
@@ -303,16 +323,7 @@ class ReportConfig(Strict):
             raise ValueError(f"is not a valid cron schedule (minute hour day month weekday): {exc}") from exc
         return value
 
-    @field_validator("timezone")
-    @classmethod
-    def _valid_timezone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError("is not a known timezone (e.g. Asia/Shanghai, Europe/Berlin, UTC)") from exc
-        return value
+    _timezone = field_validator("timezone")(known_timezone)
 
     _ids = field_validator("telegram_chat_ids", "wecom_users", "wechat_contacts", mode="before")(_ids_as_text)
 
