@@ -307,7 +307,10 @@ def test_review_in_batches_with_keyboard_shortcuts(staff: Staff, context_for: Ca
     screenshot(page, "review-batch")
     expect(cards.nth(1).locator(".saved")).to_have_text("")
     expect(page.locator("#sample-next")).to_have_text("再抽 2 条")
-    page.click("#sample-next")
+    # The old batch has two cards too: wait for the new draw before reading the ids.
+    with page.expect_response("**/api/review/sample"):
+        page.click("#sample-next")
+    expect(cards.first).not_to_have_attribute("data-id", str(first_batch[0]))
     expect(cards).to_have_count(2)
     second_batch = cards.evaluate_all("cs => cs.map(c => Number(c.dataset.id))")
     marked = store.get(first_batch[0])
