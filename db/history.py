@@ -11,6 +11,10 @@ and every query term is folded the same way first: 布告 finds 佈告, 县政�
 ＡＢＣ１２３ finds abc123. Whether a term is short is decided on its folded form (NFKC can lengthen it:
 ﬃ is ffi). The jobs found are shown with their original columns; nothing displays the folded text.
 
+On PostgreSQL there is no FTS5: every term becomes `search_text LIKE '%term%'`, which the GIN trigram index
+of migration 0004 (`pg_trgm`) serves for terms of three characters or more. Which form a term takes is
+decided when the statement is compiled for the store's dialect (`_Indexed`), so callers build one query.
+
 The query is split on whitespace; every term must match (AND), each in any of the searched columns. Terms
 are always passed to FTS5 as quoted strings, never as query syntax, so `"`, `*`, `NEAR(`, `OR`, `-` and
 `'--` are just characters to look for.
@@ -30,7 +34,22 @@ from datetime import UTC, date, datetime, time, timedelta
 from statistics import NormalDist
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Integer, MetaData, Table, Text, and_, case, func, or_, select
+from sqlalchemy import (
+    Boolean,
+    Column,
+    ColumnElement,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    and_,
+    case,
+    func,
+    or_,
+    select,
+)
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from db.folding import fold
 from db.models import FTS_TABLE, Job, JobStatus, ReviewStatus
@@ -179,15 +198,38 @@ def text_conditions(q: str) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
     long_terms = [term for term in terms if len(term) >= MIN_FTS_CHARS]
     if long_terms:
-        # Each term a quoted FTS5 string (inner quotes doubled): no operator, prefix or column syntax.
-        expression = " ".join('"' + term.replace('"', '""') + '"' for term in long_terms)
-        matching = select(_FTS.c.rowid).where(_FTS.c[FTS_TABLE].match(expression))
-        conditions.append(Job.id.in_(matching))
+        conditions.append(_Indexed(long_terms))
     for term in terms:
         if len(term) < MIN_FTS_CHARS:
-            pattern = "%" + _escape_like(term) + "%"
-            conditions.append(Job.search_text.like(pattern, escape="\\"))
+            conditions.append(_contains(term))
     return conditions
+
+
+def _contains(term: str) -> ColumnElement[bool]:
+    return Job.search_text.like("%" + _escape_like(term) + "%", escape="\\")
+
+
+class _Indexed(ColumnElement[bool]):
+    """Every one of `terms` (folded, three characters or more) occurs in search_text, through the index."""
+
+    type = Boolean()
+    inherit_cache = False  # the terms are not bound parameters a cached statement could take again
+
+    def __init__(self, terms: Sequence[str]) -> None:
+        self.terms = list(terms)
+
+
+@compiles(_Indexed, "sqlite")
+def _fts5_match(element: _Indexed, compiler: SQLCompiler, **kw: Any) -> str:
+    # Each term a quoted FTS5 string (inner quotes doubled): no operator, prefix or column syntax.
+    expression = " ".join('"' + term.replace('"', '""') + '"' for term in element.terms)
+    matching = select(_FTS.c.rowid).where(_FTS.c[FTS_TABLE].match(expression))
+    return compiler.process(Job.id.in_(matching), **kw)
+
+
+@compiles(_Indexed)
+def _trigram_like(element: _Indexed, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(and_(*(_contains(term) for term in element.terms)), **kw)
 
 
 def local_day_start(day: date) -> datetime:

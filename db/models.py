@@ -178,6 +178,9 @@ class Job(Base):
     # Migration 0004: `search_text_of` the searched columns, what the search index holds. Set by the flush
     # hooks below, never by hand; deferred because only the database reads it (`db.history`).
     search_text: Mapped[str | None] = mapped_column(Text, deferred=True)
+    # Migration 0005: the node an interactive job was received by (its caller waits there); only that node
+    # claims it. Empty for backlog jobs, which any node claims (db/claims.py).
+    origin_node: Mapped[str | None] = mapped_column(String(128))
 
     __table_args__ = (
         Index("ix_jobs_claim", "status", "priority", "id"),

@@ -1,9 +1,13 @@
-"""The single writer for the SQLite history (WAL mode, short sessions, one lock for every write).
+"""The single writer for the job history: a SQLite file (WAL, short sessions, one lock) or PostgreSQL.
 
 Datasette and Frigate funnel SQLite writes through one place; we do the same with a lock rather than a
 thread because our writes are tiny and the lock keeps call sites synchronous and simple. Readers never take
 the lock: WAL lets them read while a write is in progress. A second process (`tuwen ask` beside a running
 `tuwen serve`) is serialised by SQLite's own locking and `busy_timeout`.
+
+On PostgreSQL (`[storage] database_url`, db/engine.py) the same store is shared by several nodes: claims
+skip rows another node has locked (db/claims.py), every write that gives the queue work sends a NOTIFY in
+its own transaction, and `data_version()` counts the ones other stores sent (db/notify.py).
 """
 
 from __future__ import annotations
@@ -11,18 +15,22 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, or_, select, update
+from sqlalchemy import Connection, Engine, case, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.claims import claim_parameters, claim_statement, jobs_of
+from db.engine import POSTGRESQL, database_url, make_engine, psycopg_connect_args, shown, sqlite_path
 from db.faults import storage_fault
 from db.models import Job, JobStatus, ReviewStatus, utcnow
+from db.notify import CHANNEL, ChangeListener
 from db.reads import MAX_ROW_ID, JobReads
 from service.messages import msg
 from service.retry import Availability
@@ -30,6 +38,8 @@ from service.retry import Availability
 log = logging.getLogger(f"tuwen.{__name__}")
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+_ANYONE = object()  # `requeue`: whoever holds the jobs
+_NOTIFY = text("SELECT pg_notify(:channel, :token)")
 
 
 class ReviewRejected(ValueError):
@@ -43,18 +53,24 @@ class ReviewRejected(ValueError):
 class Store(JobReads):
     """All reads and writes of the job history."""
 
-    def __init__(self, db_path: Path) -> None:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = db_path
-        self.engine: Engine = create_engine(
-            f"sqlite:///{db_path}",
-            connect_args={"check_same_thread": False, "timeout": 30},
-        )
-        event.listen(self.engine, "connect", _sqlite_pragmas)
+    def __init__(self, target: Path | str, *, data_dir: Path | None = None, name: str = "tuwen") -> None:
+        url = database_url(target)
+        self.url = url
+        self.postgresql = url.get_backend_name() == POSTGRESQL
+        # What messages and logs call the database: the SQLite file, or the URL with its password masked.
+        self.shown = shown(url)
+        file = sqlite_path(url)
+        self.path = file if file is not None else Path(self.shown)
+        # Uploads, thumbnails and reports live here (beside the SQLite file unless told otherwise).
+        self.data_dir = data_dir or (file.parent if file is not None else Path("data"))
+        self.engine: Engine = make_engine(url, name=name)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = threading.Lock()
         self._version_lock = threading.Lock()
         self._version_conn: sqlite3.Connection | None = None
+        self._token = uuid.uuid4().hex  # our own NOTIFYs carry it, so the listener skips them
+        self._listener: ChangeListener | None = None
+        self._claims = {uids: claim_statement(self.postgresql, uids) for uids in (False, True)}
         # Whether writes work right now (disk full, remounted read-only, locked): /health shows it.
         self.health = Availability(
             log,
@@ -72,51 +88,80 @@ class Store(JobReads):
 
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-        cfg.set_main_option("sqlalchemy.url", str(self.engine.url))
+        cfg.set_main_option("sqlalchemy.url", self.url.render_as_string(hide_password=False))
         with self._write_lock, self.engine.begin() as connection:
+            if self.postgresql:
+                # Two nodes starting together: one migrates, the other waits here, then finds it done.
+                connection.execute(text("SELECT pg_advisory_xact_lock(7107)"))
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "head")
 
     def data_version(self) -> int:
-        """SQLite's `data_version`: it changes when another connection (another process) commits.
+        """A number that changes when another process (another store) gave the queue work.
 
-        The worker polls it while idle, so a job written by `tuwen ask` in another process is claimed
-        within a fraction of a second without querying the jobs table over and over.
+        SQLite: its `data_version`, which changes when another connection commits. PostgreSQL: the count
+        of NOTIFYs other stores sent (or the clock while the listener is down). The worker polls it while
+        idle, so a job written by `tuwen ask` or another node is claimed within a fraction of a second
+        without querying the jobs table over and over.
         """
         with self._version_lock:
+            if self.postgresql:
+                if self._listener is None:
+                    self._listener = ChangeListener(psycopg_connect_args(self.engine), self._token)
+                    self._listener.start()
+                return self._listener.version()
             if self._version_conn is None:
                 self._version_conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
             return int(self._version_conn.execute("PRAGMA data_version").fetchone()[0])
 
     def close(self) -> None:
-        """Checkpoint the WAL and release connections."""
+        """Checkpoint the WAL (SQLite), stop listening (PostgreSQL) and release connections."""
         with self._version_lock:
             if self._version_conn is not None:
                 self._version_conn.close()
                 self._version_conn = None
+            if self._listener is not None:
+                self._listener.stop()
+                self._listener = None
         with self._write_lock:
-            try:
-                with self.engine.connect() as conn:
-                    conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-            except DBAPIError as exc:
-                # A full or read-only disk at stop: the WAL is checkpointed at the next open instead.
-                log.warning("could not checkpoint the database at stop: %s", getattr(exc, "orig", exc))
+            if not self.postgresql:
+                try:
+                    with self.engine.connect() as conn:
+                        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                except DBAPIError as exc:
+                    # A full or read-only disk at stop: the WAL is checkpointed at the next open instead.
+                    log.warning("could not checkpoint the database at stop: %s", getattr(exc, "orig", exc))
             self.engine.dispose()
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
         """One write transaction through the single writer; storage faults become `StorageUnavailable`."""
+        with self._faults(), self._write_lock, self._sessions.begin() as session:
+            yield session
+
+    @contextmanager
+    def _write_connection(self) -> Iterator[Connection]:
+        """A Core write transaction (the claim's hot path), with the same lock and fault handling."""
+        with self._faults(), self._write_lock, self.engine.begin() as connection:
+            yield connection
+
+    @contextmanager
+    def _faults(self) -> Iterator[None]:
         try:
-            with self._write_lock, self._sessions.begin() as session:
-                yield session
+            yield
         except (DBAPIError, OSError) as exc:
-            fault = storage_fault(exc, self.path)
+            fault = storage_fault(exc, self.shown)
             if fault is None:
                 raise
             self.health.failed(str(fault.message), code=fault.kind, error=True)
             raise fault from exc
         if not self.health.available:
             self.health.ok()
+
+    def _announce_work(self, session: Session | Connection) -> None:
+        """Wake other nodes' idle workers once this transaction commits (PostgreSQL; SQLite needs nothing)."""
+        if self.postgresql:
+            session.execute(_NOTIFY, {"channel": CHANNEL, "token": self._token})
 
     def _read(self) -> Session:
         return self._sessions()
@@ -139,6 +184,8 @@ class Store(JobReads):
             job = Job(**fields)
             session.add(job)
             session.flush()
+            if job.status == JobStatus.QUEUED:
+                self._announce_work(session)
             return job
 
     def claim(
@@ -155,64 +202,79 @@ class Store(JobReads):
         Jobs with priority `alone_at_or_below` or more urgent are claimed one at a time: someone is waiting
         on each of them, often watching the answer stream in. `priorities` (lowest, highest value) limits
         the claim to that range (a concurrent dispatcher fills its interactive and backlog slots apart).
+        An interactive job received by another node is left to it. One statement (db/claims.py); the jobs
+        returned are detached copies of the claimed rows, `node` and `attempts` as claimed.
         """
+        if uids is not None and not uids:
+            return []
         now = utcnow()
-        with self._write() as session:
-            query = (
-                select(Job.id, Job.priority)
-                .where(Job.status == JobStatus.QUEUED)
-                .where(or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= now))
-                .order_by(Job.priority, Job.id)
-                .limit(limit)
-            )
-            if uids is not None:
-                query = query.where(Job.uid.in_(list(uids)))
-            if priorities is not None:
-                query = query.where(Job.priority.between(*priorities))
-            rows = session.execute(query).all()
-            if not rows:
-                return []
-            # A batch never mixes priorities: interactive jobs are answered alone, and at once.
-            ids = [row.id for row in rows if row.priority == rows[0].priority]
-            if rows[0].priority <= alone_at_or_below:
-                ids = ids[:1]
-            session.execute(
-                update(Job)
-                .where(Job.id.in_(ids))
-                .values(status=JobStatus.RUNNING, started_at=now, attempts=Job.attempts + 1, node=node)
-            )
-            return list(session.scalars(select(Job).where(Job.id.in_(ids)).order_by(Job.id)))
+        params = claim_parameters(
+            limit, now, uids=uids, alone_at_or_below=alone_at_or_below, node=node, priorities=priorities
+        )
+        with self._write_connection() as connection:
+            rows = connection.execute(self._claims[uids is not None], params).mappings().all()
+        return jobs_of(rows)
 
-    def finish(self, job_id: int, **fields: Any) -> Job:
-        """Record a job's final state (done or failed) with its answer or error."""
+    def finish(self, job_id: int, *, claim: tuple[str | None, int] | None = None, **fields: Any) -> Job:
+        """Record a job's final state (done or failed) with its answer or error.
+
+        With `claim` (the claiming node and attempt count, as the claim returned them) nothing is written
+        unless the job is still running under that very claim: a node taken for dead whose answer arrives
+        after another node re-claimed the job must not answer it twice. The row is returned as it stands.
+        """
         with self._write() as session:
-            job = session.get_one(Job, job_id)
+            job = session.get_one(Job, job_id, with_for_update=claim is not None)
+            if claim is not None and (job.status, job.node, job.attempts) != (JobStatus.RUNNING, *claim):
+                log.warning(
+                    "job %d was re-claimed by %s meanwhile; this answer is discarded", job_id, job.node
+                )
+                return job
             for key, value in fields.items():
                 setattr(job, key, value)
             job.finished_at = fields.get("finished_at", utcnow())
             job.next_attempt_at = None
             return job
 
-    def schedule_retry(self, job_id: int, when: datetime, error: str, error_code: str) -> None:
-        """Put a job back in the queue, due at `when`."""
+    def schedule_retry(
+        self,
+        job_id: int,
+        when: datetime,
+        error: str,
+        error_code: str,
+        *,
+        claim: tuple[str | None, int] | None = None,
+    ) -> None:
+        """Put a job back in the queue, due at `when` (only while `claim` still holds it, when given)."""
         with self._write() as session:
+            query = update(Job).where(Job.id == job_id)
+            if claim is not None:
+                query = query.where(
+                    Job.status == JobStatus.RUNNING, Job.node == claim[0], Job.attempts == claim[1]
+                )
             session.execute(
-                update(Job)
-                .where(Job.id == job_id)
-                .values(status=JobStatus.QUEUED, next_attempt_at=when, error=error, error_code=error_code)
+                query.values(
+                    status=JobStatus.QUEUED, next_attempt_at=when, error=error, error_code=error_code
+                )
             )
+            self._announce_work(session)
 
-    def requeue(self, job_ids: Sequence[int], *, refund_attempt: bool = True) -> int:
-        """Return claimed jobs to the queue (shutdown, or a worker restart) without counting an attempt."""
+    def requeue(self, job_ids: Sequence[int], *, refund_attempt: bool = True, held_by: Any = _ANYONE) -> int:
+        """Return claimed jobs to the queue (shutdown, or a worker restart) without counting an attempt.
+
+        With `held_by` (a node name, or None), only jobs that claimer still holds: a re-queue decided from
+        an earlier look at the table (a dead node's claims) cannot take a job claimed since by another.
+        """
         if not job_ids:
             return 0
         with self._write() as session:
             values: dict[str, Any] = {"status": JobStatus.QUEUED, "started_at": None}
             if refund_attempt:
-                values["attempts"] = func.max(Job.attempts - 1, 0)
-            result = session.execute(
-                update(Job).where(Job.id.in_(list(job_ids)), Job.status == JobStatus.RUNNING).values(**values)
-            )
+                values["attempts"] = _one_less(Job.attempts)
+            query = update(Job).where(Job.id.in_(list(job_ids)), Job.status == JobStatus.RUNNING)
+            if held_by is not _ANYONE:
+                query = query.where(Job.node.is_(None) if held_by is None else Job.node == held_by)
+            result = session.execute(query.values(**values))
+            self._announce_work(session)
             return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     def requeue_timed_out(self, job_id: int) -> None:
@@ -225,9 +287,10 @@ class Store(JobReads):
                     status=JobStatus.QUEUED,
                     started_at=None,
                     timeouts=Job.timeouts + 1,
-                    attempts=func.max(Job.attempts - 1, 0),
+                    attempts=_one_less(Job.attempts),
                 )
             )
+            self._announce_work(session)
 
     def running_claims(self) -> list[tuple[int, str | None]]:
         """(job id, claiming node) of every running job."""
@@ -246,6 +309,7 @@ class Store(JobReads):
                     status=JobStatus.QUEUED, attempts=0, next_attempt_at=None, error=None, error_code=None
                 )
             )
+            self._announce_work(session)
             return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     def set_review(self, job_id: int, verdict: str, correction: str | None = None) -> Job | None:
@@ -280,11 +344,6 @@ class Store(JobReads):
             session.execute(update(Job).where(Job.id == job_id).values(catalogued=1))
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    # WAL: readers don't block the writer; NORMAL sync is durable across process crashes in WAL mode.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+def _one_less(column: Any) -> Any:
+    # max(x - 1, 0) in both dialects (SQLite's two-argument max is PostgreSQL's greatest).
+    return case((column > 0, column - 1), else_=0)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from db.engine import url_secrets
 from service import __version__
 from service.backup import backup_command
 from service.config import DEFAULT_IGNORE, DEFAULT_PROMPT, Config
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             config.wechat.token,
         )
     ]
+    secrets += url_secrets(config.storage.database_url.get_secret_value())  # the database password
     setup_logging(getattr(args, "log_level", None) or config.logging.level, secrets)
     handlers = {
         "serve": _serve,
@@ -247,7 +249,7 @@ def _batch(config: Config, args: argparse.Namespace) -> int:
 def _jobs(config: Config, args: argparse.Namespace) -> int:
     from db.store import Store
 
-    store = Store(config.db_path)
+    store = Store(config.db_target, data_dir=config.storage.data_dir)
     store.migrate()
     if args.retry or args.retry_failed:
         count = store.retry_failed(args.retry if args.retry else None)

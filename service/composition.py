@@ -37,11 +37,14 @@ def build_service(config: Config, *, backend_factory: BackendFactory = create_ba
         log.warning("re-queued %d job(s) left running by an earlier stop or crash", requeued)
     queue = JobQueue(store)
     node = config.node
+    queue.origin_node = node.name
     spine = Spine(
         store=store,
         queue=queue,
         worker=ModelWorker(config, store, queue, backend_factory, node=node.name),
-        heartbeat=NodeHeartbeat(store, node.name, config.model.backend, node.heartbeat_seconds),
+        heartbeat=NodeHeartbeat(
+            store, node.name, config.model.backend, node.heartbeat_seconds, node.lease_seconds
+        ),
         retention=RetentionSweeper(config.storage.data_dir, config.storage.keep_uploads_days),
     )
     return App(config, spine, build_sources(config, queue))

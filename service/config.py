@@ -130,6 +130,25 @@ class StorageConfig(Strict):
     # Photos visitors and staff send (kiosk, web, API, chats) are deleted after this many days, thumbnails
     # too; the history's text stays. 0 keeps them.
     keep_uploads_days: float = Field(30.0, ge=0)
+    # Empty: the SQLite file under data_dir. `postgresql+psycopg://user:password@host/db`: a PostgreSQL
+    # database several `tuwen serve` nodes share (one queue, one history; docs/scale-out.md).
+    database_url: SecretStr = SecretStr("")
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: SecretStr) -> SecretStr:
+        from db.engine import UnsupportedDatabase, database_url
+        from service.messages import msg
+
+        text = value.get_secret_value().strip()
+        if text and "://" not in text:
+            raise ValueError(str(msg("config_database_url", reason="not a URL")))
+        try:
+            if text:
+                database_url(text)
+        except UnsupportedDatabase as exc:
+            raise ValueError(str(msg("config_database_url", reason=exc))) from None
+        return SecretStr(text)
 
 
 class HttpConfig(Strict):
@@ -339,8 +358,13 @@ class Config(Strict):
 
     @property
     def db_path(self) -> Path:
-        """The SQLite database file."""
+        """The SQLite database file (when `[storage] database_url` is empty)."""
         return self.storage.data_dir / "tuwen.sqlite3"
+
+    @property
+    def db_target(self) -> Path | str:
+        """What the store opens: the SQLite file, or `[storage] database_url` when set."""
+        return self.storage.database_url.get_secret_value() or self.db_path
 
 
 def _refuse_duplicates(what: str, names: list[str]) -> None:

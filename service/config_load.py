@@ -108,7 +108,8 @@ def format_validation_errors(exc: ValidationError, data: dict[str, Any]) -> list
             lines.append(f"{path}: required but missing")
         else:
             reason = error["msg"].removeprefix("Value error, ")
-            shown = "***" if "key" in path or "token" in path or "secret" in path else repr(value)
+            hidden = ("key", "token", "secret", "database_url")
+            shown = "***" if any(word in path for word in hidden) else repr(value)
             lines.append(f"{path}: {shown} {reason[0].lower() + reason[1:] if reason else ''}")
     return lines
 

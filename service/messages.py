@@ -152,6 +152,14 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
         "读写数据库时出错：{reason}（{path}）。稍后自动重试；若持续出现，请检查磁盘",
         "error writing the database: {reason} ({path}). Retrying shortly; if it persists, check the disk",
     ),
+    "storage_unreachable": (
+        "无法连接数据库服务器（{path}）：{reason}。稍后自动重试；请检查 PostgreSQL 是否在运行、网络是否通畅",
+        "cannot reach the database server ({path}): {reason}. Retrying shortly; check that PostgreSQL is running and reachable",
+    ),
+    "config_database_url": (
+        "不是可用的数据库地址（{reason}）。留空使用 data_dir 下的 SQLite 文件，或写 postgresql+psycopg://用户:密码@主机/库名",
+        "is not a usable database URL ({reason}). Leave it empty for the SQLite file under data_dir, or use postgresql+psycopg://user:password@host/dbname",
+    ),
     "storage_recovered": ("数据库已恢复可写", "the database is writable again"),
     "data_dir_unusable": (
         "无法使用数据文件夹 {path}（{reason}）。请创建它并让运行 tuwen 的用户可以写入（systemd 中为 ReadWritePaths，容器中为 /data 卷的属主），或修改 [storage] data_dir",

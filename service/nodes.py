@@ -28,8 +28,12 @@ log = logging.getLogger(f"tuwen.{__name__}")
 class NodeHeartbeat:
     """Registers this process as a node and keeps its heartbeat fresh on a small thread."""
 
-    def __init__(self, store: Store, name: str, backend: str, interval: float) -> None:
+    def __init__(
+        self, store: Store, name: str, backend: str, interval: float, lease_seconds: float | None = None
+    ) -> None:
         self.store = store
+        # With a lease, every beat also re-queues what nodes silent for longer than it left running.
+        self.lease_seconds = lease_seconds
         self.name = name
         self.backend = backend
         self.interval = interval
@@ -77,6 +81,10 @@ class NodeHeartbeat:
                     node = session.get(Node, self.name)
                     if node is not None:
                         node.heartbeat_at = utcnow()
+                if self.lease_seconds is not None:
+                    requeued = requeue_orphans(self.store, self.lease_seconds, own_node=self.name)
+                    if requeued:
+                        log.warning("re-queued %d job(s) of a node whose heartbeat lease ran out", requeued)
             except StorageUnavailable:
                 pass  # Store.health reports it; the next beat tries again
 
@@ -97,26 +105,33 @@ def cli_node_name() -> str:
     return f"cli:{socket.gethostname()}:{os.getpid()}"
 
 
-def requeue_orphans(store: Store, lease_seconds: float, starting_node: str | None = None) -> int:
+def requeue_orphans(
+    store: Store, lease_seconds: float, starting_node: str | None = None, *, own_node: str | None = None
+) -> int:
     """Give back jobs left `running` by a process that is gone (a crash, kill -9, a power cut).
 
     A job's claimer is gone when it is a node whose heartbeat lease ran out (or this very node, starting
     again), or a one-shot command on this host whose process no longer exists. Jobs a live node or a live
-    command holds are left alone.
+    command holds are left alone, and so is `own_node` (a running node checking on the others).
+
+    Each re-queue is conditional on the claimer still holding the job: two live nodes that both saw a dead
+    one's claims re-queue each job once, and never one that a live node has claimed since.
     """
     alive = {node.name for node in live_nodes(store, lease_seconds)}
     if starting_node is not None:
         alive.discard(starting_node)
+    if own_node is not None:
+        alive.add(own_node)
     host = socket.gethostname()
-    orphans: list[int] = []
+    orphans: dict[str | None, list[int]] = {}
     for job_id, node in store.running_claims():
         if node is None or (not node.startswith("cli:") and node not in alive):
-            orphans.append(job_id)
+            orphans.setdefault(node, []).append(job_id)
         elif node.startswith("cli:"):
             _, claim_host, pid = node.split(":", 2)
             if claim_host == host and not _pid_alive(int(pid) if pid.isdigit() else -1):
-                orphans.append(job_id)
-    return store.requeue(orphans) if orphans else 0
+                orphans.setdefault(node, []).append(job_id)
+    return sum(store.requeue(ids, held_by=node) for node, ids in orphans.items())
 
 
 def _pid_alive(pid: int) -> bool:

@@ -66,6 +66,9 @@ class JobQueue:
         # watcher re-answers a touched file only when its recorded answer came from another model.
         self.model_identity: tuple[str, str] | None = None
         self.files = FileStore(store)
+        # This node's `[node] name` when several share the database: an interactive job is recorded with it
+        # and only this node claims it (its caller is connected here). None: any worker may (one node).
+        self.origin_node: str | None = None
 
     def submit(self, event: Event, *, dedup: bool = False, on_text: TextListener | None = None) -> Job:
         """Persist `event` as a queued job and wake the worker. Returns the new row.
@@ -82,8 +85,12 @@ class JobQueue:
             if event.priority <= Priority.INTERACTIVE:
                 self._interactive.add(uid)
         try:
+            origin = self.origin_node if event.priority <= Priority.INTERACTIVE else None
             job = self.store.add_job(
-                **_row_fields(event, uid), status=JobStatus.QUEUED, dedup=1 if dedup else 0
+                **_row_fields(event, uid),
+                status=JobStatus.QUEUED,
+                dedup=1 if dedup else 0,
+                origin_node=origin,
             )
         except BaseException:
             # A job that was never stored must not hold an interactive slot (or a listener) forever.

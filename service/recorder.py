@@ -106,7 +106,7 @@ class Recorder:
             "completion_tokens": sum(a.completion_tokens for a in answers),
             "latency_ms": (time.monotonic() - work.started) * 1000,
         }
-        finished = self.persist(lambda: self.store.finish(job.id, **fields))
+        finished = self.persist(lambda: self.store.finish(job.id, claim=_claim_of(job), **fields))
         log.info("done in %.0f ms", finished.latency_ms or 0)
         self._announce(finished)
         return finished
@@ -116,6 +116,7 @@ class Recorder:
         finished = self.persist(
             lambda: self.store.finish(
                 job.id,
+                claim=_claim_of(job),
                 status=JobStatus.FAILED,
                 error=str(message),
                 error_code=message.code,
@@ -138,7 +139,9 @@ class Recorder:
             return
         delay = min(queue.retry_base_seconds * 2 ** (attempts - 1), queue.retry_max_seconds)
         when = utcnow() + timedelta(seconds=delay)
-        self.persist(lambda: self.store.schedule_retry(job.id, when, str(exc.message), exc.code))
+        self.persist(
+            lambda: self.store.schedule_retry(job.id, when, str(exc.message), exc.code, claim=_claim_of(job))
+        )
         self.on_recorded(job)
         log.warning("attempt %d failed (%s); retry in %.0f s", attempts, exc.code, delay)
 
@@ -159,6 +162,7 @@ class Recorder:
         finished = self.persist(
             lambda: self.store.finish(
                 job.id,
+                claim=_claim_of(job),
                 status=JobStatus.DONE,
                 duplicate_of=previous.id,
                 prompt_tokens=0,
@@ -173,4 +177,10 @@ class Recorder:
 
     def _announce(self, finished: Job) -> None:
         self.on_recorded(finished)
-        self.queue.finished(finished)
+        if finished.status in (JobStatus.DONE, JobStatus.FAILED):  # not when another node holds it now
+            self.queue.finished(finished)
+
+
+def _claim_of(job: Job) -> tuple[str | None, int] | None:
+    # The claim a worker holds (node, attempts): the store writes its outcome only while it still holds.
+    return (job.node, job.attempts) if job.status == JobStatus.RUNNING else None

@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from pathlib import Path
 
 from sqlalchemy.exc import DBAPIError
 
 from db.store import Store
+from service import redact
 from service.config import Config
 from service.errors import StartupError, StorageUnavailable
 from service.messages import msg
@@ -38,21 +40,24 @@ def check_data_dir(config: Config) -> None:
 def open_store(config: Config) -> Store:
     """The migrated store, proven writable; `StartupError` with the reason and the remedy otherwise."""
     check_data_dir(config)
-    path = config.db_path
+    target = config.db_target
+    path: Path | str = target
     try:
-        store = Store(path)
+        store = Store(target, data_dir=config.storage.data_dir, name=f"tuwen {config.node.name}")
+        path = store.shown  # the password masked from here on
         store.migrate()
-        # Take the write lock once: a read-only file (or folder, for the WAL files) fails here.
-        raw = store.engine.raw_connection()
-        try:
-            raw.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
-            raw.driver_connection.execute("ROLLBACK")  # type: ignore[union-attr]
-        finally:
-            raw.close()
+        if not store.postgresql:
+            # Take the write lock once: a read-only file (or folder, for the WAL files) fails here.
+            raw = store.engine.raw_connection()
+            try:
+                raw.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+                raw.driver_connection.execute("ROLLBACK")  # type: ignore[union-attr]
+            finally:
+                raw.close()
     except StorageUnavailable as exc:
         raise _startup_error(exc.kind, path, str(exc.message)) from exc
     except (DBAPIError, OSError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc)
+        reason = redact.scrub(str(getattr(exc, "orig", None) or exc))
         lowered = reason.lower()
         if any(needle in lowered for needle in _CORRUPT):
             raise StartupError(msg("db_corrupt", path=path, reason=reason)) from exc

@@ -115,7 +115,7 @@ def run_reports(
     since_day, until_day = parse_day("--since", since), parse_day("--until", until)
     moment = now or datetime.now().astimezone()
     periods = [bounds_for(report, since_day, until_day, moment) for report in reports]
-    store = Store(config.db_path)
+    store = Store(config.db_target, data_dir=config.storage.data_dir)
     try:
         store.migrate()
         return [

@@ -235,8 +235,8 @@ def collect(
     reviewed_in_period = [Job.reviewed_at >= since, Job.reviewed_at < until, *scope]
     data.reviews = review_stats(store, where=reviewed_in_period)
     data.answers_reviewed = review_stats(store, where=in_period)
-    # Thumbnails are read relative to the database's folder, which is data_dir.
-    links = LinkContext(tz, data.base_url, store.path.parent, images or ImagesConfig())
+    # Thumbnails are read relative to data_dir.
+    links = LinkContext(tz, data.base_url, store.data_dir, images or ImagesConfig())
     data.items, data.items_total = new_items(store, in_period, links)
     data.corrections = corrections(store, reviewed_in_period, links)
     return data

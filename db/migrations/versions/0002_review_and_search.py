@@ -52,11 +52,18 @@ def upgrade() -> None:
     op.add_column('jobs', sa.Column('correction', sa.Text(), nullable=True))
     op.add_column('jobs', sa.Column('reviewed_at', sa.DateTime(), nullable=True))
     op.create_index('ix_jobs_review', 'jobs', ['status', 'review_status'], unique=False)
+    if op.get_bind().dialect.name != 'sqlite':
+        return  # FTS5 is SQLite's; PostgreSQL gets its trigram index on search_text in 0004
     for statement in _CREATE:
         op.execute(statement)
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name != 'sqlite':
+        op.drop_index('ix_jobs_review', table_name='jobs')
+        for column in ('reviewed_at', 'correction', 'review_status'):
+            op.drop_column('jobs', column)
+        return
     for trigger in ('jobs_fts_update', 'jobs_fts_delete', 'jobs_fts_insert'):
         op.execute(f"DROP TRIGGER IF EXISTS {trigger}")
     op.execute("DROP TABLE IF EXISTS jobs_fts")

@@ -10,6 +10,9 @@ Create Date: 2026-12-08 10:00:00
 - `jobs_fts` now indexes `search_text` alone: the 0002 index and its triggers are dropped first (so the
   fill does not feed a second index), created again on `search_text` and rebuilt once at the end.
 
+On PostgreSQL there is no FTS5: the same folded `search_text` gets a GIN trigram index (`pg_trgm`), which
+serves `LIKE '%term%'` for terms of three characters or more; shorter ones scan, as they do on SQLite.
+
 The fill uses the same function the store uses on every write, so rows written before and after this
 migration fold alike. Downgrade puts back the 0002 index over the five original columns.
 """
@@ -57,7 +60,17 @@ def _index(columns: str) -> list[str]:
     ]
 
 
+PG_INDEX = 'ix_jobs_search_trgm'
+
+
+def _postgresql() -> bool:
+    return op.get_bind().dialect.name == 'postgresql'
+
+
 def _drop_index() -> None:
+    if _postgresql():
+        op.execute(f"DROP INDEX IF EXISTS {PG_INDEX}")
+        return
     for trigger in _TRIGGERS:
         op.execute(f"DROP TRIGGER IF EXISTS {trigger}")
     op.execute("DROP TABLE IF EXISTS jobs_fts")
@@ -87,13 +100,19 @@ def upgrade() -> None:
     started = time.monotonic()
     log.info("folding the search text of every job and rebuilding the search index (once)")
     count = fill_search_text(op.get_bind())
-    for statement in _index("search_text"):
-        op.execute(statement)
+    if _postgresql():
+        op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+        op.execute(f"CREATE INDEX {PG_INDEX} ON jobs USING gin (search_text gin_trgm_ops)")
+    else:
+        for statement in _index("search_text"):
+            op.execute(statement)
     log.info("search text of %d jobs folded and indexed in %.0f s", count, time.monotonic() - started)
 
 
 def downgrade() -> None:
     _drop_index()
     op.drop_column('jobs', 'search_text')
+    if _postgresql():
+        return
     for statement in _index("question, answer, ocr_text, correction, file_path"):
         op.execute(statement)

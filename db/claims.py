@@ -1,0 +1,91 @@
+"""The claim: one `UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING …` on SQLite and PostgreSQL alike.
+
+A claim is the spine's hottest write (a concurrent dispatcher claims once per answer), so it is a Core
+statement built once per shape, not an ORM select-then-update: one round trip, no identity map. On
+PostgreSQL the inner select takes `FOR UPDATE SKIP LOCKED`, so nodes claiming at the same moment take
+different jobs instead of waiting on each other; SQLite (3.35+ for RETURNING) has one writer at a time.
+
+The rules the statement keeps:
+- due jobs only (`next_attempt_at` empty or past), most urgent priority first, then oldest;
+- a batch never mixes priorities: only jobs of the most urgent due priority are taken, and when that
+  priority is `alone_at_or_below` or more urgent, only one (someone waits on it, often watching it stream);
+- an interactive job (`origin_node` set) is claimed only by the node that received it: its caller's
+  connection is there. Backlog jobs (folders, batches) have no origin node and go to whoever is free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, Update, and_, bindparam, case, func, literal, or_, select, update
+
+from db.models import Job, JobStatus
+
+_jobs: Table = Job.__table__  # type: ignore[assignment]
+# What a claim returns: every column the worker and the recorder read (not the deferred search_text).
+RETURNED = tuple(column for column in _jobs.columns if column.key != "search_text")
+_LOWEST, _HIGHEST = -(2**31), 2**31 - 1
+
+
+def claim_statement(postgresql: bool, with_uids: bool) -> Update:
+    """The claim for one dialect, with or without a `uids` filter; parameters are bound at execution."""
+    c = _jobs.c
+    due = [
+        c.status == JobStatus.QUEUED,
+        or_(c.next_attempt_at.is_(None), c.next_attempt_at <= bindparam("now")),
+        c.priority.between(bindparam("lowest"), bindparam("highest")),
+        or_(c.origin_node.is_(None), c.origin_node == bindparam("origin")),
+    ]
+    if with_uids:
+        due.append(c.uid.in_(bindparam("uids", expanding=True)))
+    most_urgent = select(func.min(c.priority)).where(*due).scalar_subquery()
+    size = case((most_urgent <= bindparam("alone"), literal(1)), else_=bindparam("limit"))
+    chosen = select(c.id).where(and_(*due), c.priority == most_urgent).order_by(c.priority, c.id).limit(size)
+    if postgresql:
+        chosen = chosen.with_for_update(skip_locked=True)
+    return (
+        update(_jobs)
+        .where(c.id.in_(chosen.scalar_subquery()), c.status == JobStatus.QUEUED)
+        .values(
+            status=JobStatus.RUNNING,
+            started_at=bindparam("started"),
+            attempts=c.attempts + 1,
+            node=bindparam("node"),
+        )
+        .returning(*RETURNED)
+    )
+
+
+def claim_parameters(
+    limit: int,
+    now: datetime,
+    *,
+    uids: Sequence[str] | None,
+    alone_at_or_below: int,
+    node: str | None,
+    priorities: tuple[int, int] | None,
+) -> dict[str, Any]:
+    """The values bound into `claim_statement` for one claim."""
+    lowest, highest = priorities if priorities is not None else (_LOWEST, _HIGHEST)
+    params: dict[str, Any] = {
+        "now": now,
+        "started": now,
+        "lowest": lowest,
+        "highest": highest,
+        "origin": node or "",
+        "alone": alone_at_or_below,
+        "limit": max(1, limit),
+        "node": node,
+    }
+    if uids is not None:
+        params["uids"] = list(uids)
+    return params
+
+
+def jobs_of(rows: Sequence[Any]) -> list[Job]:
+    """Detached `Job` objects for the claimed rows, oldest first (callers read them, never re-attach)."""
+    jobs = [Job(**dict(row)) for row in rows]
+    jobs.sort(key=lambda job: job.id)
+    return jobs

@@ -1,0 +1,27 @@
+"""origin node: an interactive job is answered by the node its caller is connected to
+
+Revision ID: 0005_pg
+Revises: 0004
+Create Date: 2026-12-02 01:40:00
+
+- `jobs.origin_node`: the `[node] name` that received an interactive job (API, web, kiosk, chat); empty for
+  backlog jobs (folders, batches), which any node may claim. Existing rows keep it empty.
+"""
+
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = '0005_pg'
+down_revision = '0004'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    # Plain ALTER TABLE ADD COLUMN on both dialects (a nullable column: no copy of jobs).
+    op.add_column('jobs', sa.Column('origin_node', sa.String(length=128), nullable=True))
+
+
+def downgrade() -> None:
+    op.drop_column('jobs', 'origin_node')
