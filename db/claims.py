@@ -1,4 +1,4 @@
-"""The claim: one `UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING …` on SQLite and PostgreSQL alike.
+"""The claim: one `WITH chosen AS MATERIALIZED (SELECT … LIMIT n) UPDATE jobs … FROM chosen RETURNING …` on SQLite and PostgreSQL alike.
 
 A claim is the spine's hottest write (a concurrent dispatcher claims once per answer), so it is a Core
 statement built once per shape, not an ORM select-then-update: one round trip, no identity map. On
@@ -45,9 +45,12 @@ def claim_statement(postgresql: bool, with_uids: bool) -> Update:
     chosen = select(c.id).where(and_(*due), c.priority == most_urgent).order_by(c.priority, c.id).limit(size)
     if postgresql:
         chosen = chosen.with_for_update(skip_locked=True)
+    # A MATERIALIZED CTE, chosen once: as a plain subquery PostgreSQL may run it again for every row it
+    # updates, and each run, skipping the rows this statement just locked, picks another job.
+    picked = chosen.cte("chosen").prefix_with("MATERIALIZED")
     return (
         update(_jobs)
-        .where(c.id.in_(chosen.scalar_subquery()), c.status == JobStatus.QUEUED)
+        .where(c.id == picked.c.id, c.status == JobStatus.QUEUED)
         .values(
             status=JobStatus.RUNNING,
             started_at=bindparam("started"),

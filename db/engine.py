@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError
@@ -66,7 +67,8 @@ def url_secrets(target: str) -> list[str]:
         return [target]
     if url is None or not url.password:
         return []
-    return [str(url.password), target]
+    password = str(url.password)
+    return list(dict.fromkeys([password, quote(password, safe=""), target]))
 
 
 def sqlite_path(url: URL) -> Path | None:

@@ -203,3 +203,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(_EXIT_STATUS)
+
+
+# --- a throwaway PostgreSQL cluster (tests/pg.py) --------------------------------------------------------
+
+from tests.pg import pg_cluster, pg_url  # noqa: E402, F401
