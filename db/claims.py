@@ -1,4 +1,5 @@
-"""The claim: one `WITH chosen AS MATERIALIZED (SELECT … LIMIT n) UPDATE jobs … FROM chosen RETURNING …` on SQLite and PostgreSQL alike.
+"""The claim: one `WITH chosen AS MATERIALIZED (SELECT … LIMIT n) UPDATE jobs … FROM chosen RETURNING …`,
+on SQLite (3.35+) and PostgreSQL alike.
 
 A claim is the spine's hottest write (a concurrent dispatcher claims once per answer), so it is a Core
 statement built once per shape, not an ORM select-then-update: one round trip, no identity map. On

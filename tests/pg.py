@@ -8,6 +8,7 @@ only when no PostgreSQL server binaries are installed (.ci/run installs them).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -120,10 +121,8 @@ def pg_cluster() -> Iterator[Cluster]:
     try:
         yield cluster
     finally:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped by a test
             cluster.stop()
-        except subprocess.CalledProcessError:
-            pass  # already stopped by a test
         shutil.rmtree(root, ignore_errors=True)
 
 
