@@ -19,6 +19,7 @@ from service import __version__
 from service.backup import backup_command
 from service.config import DEFAULT_IGNORE, DEFAULT_PROMPT, Config
 from service.config_load import load_config
+from service.dbcopy import add_db_parser, db_command
 from service.errors import ConfigError
 from service.events import Source
 from service.healthcheck import health_command
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         "report": _report,
         "backup": backup_command,
         "health": health_command,
+        "db": db_command,
     }
     handler = handlers[args.command]
     try:
@@ -117,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     backup = sub.add_parser("backup", parents=[common], help="copy the database safely, even while serving")
     backup.add_argument("dest", help="a file, or a folder for a time-stamped tuwen-*.sqlite3")
     sub.add_parser("health", parents=[common], help="ask the running service's /health; exit 0 if healthy")
+    add_db_parser(sub, common)
     return parser
 
 

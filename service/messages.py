@@ -160,6 +160,27 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
         "不是可用的数据库地址（{reason}）。留空使用 data_dir 下的 SQLite 文件，或写 postgresql+psycopg://用户:密码@主机/库名",
         "is not a usable database URL ({reason}). Leave it empty for the SQLite file under data_dir, or use postgresql+psycopg://user:password@host/dbname",
     ),
+    # `tuwen db copy --to URL` (service/dbcopy.py)
+    "db_copy_table": (
+        "{table}：原库 {source} 行，目标库 {target} 行",
+        "{table}: {source} rows in the source, {target} in the target",
+    ),
+    "db_copy_done": (
+        "复制完成，共 {rows} 行，各表行数一致",
+        "copy complete: {rows} rows, every table's count matches",
+    ),
+    "db_copy_mismatch": (
+        "复制后行数不一致（见上）。请勿使用目标库；确认复制期间 tuwen serve 已停止，清空目标库后重试",
+        "the row counts differ after the copy (see above). Do not use the target; make sure tuwen serve was stopped during the copy, empty the target and try again",
+    ),
+    "db_copy_not_empty": (
+        "目标库 {target} 不是空的（{tables} 中已有数据），不会复制进去，以免两份历史混在一起。请指定一个新建的空数据库",
+        "the target {target} is not empty ({tables} already hold rows); nothing was copied, so two histories are not mixed. Name a new, empty database",
+    ),
+    "db_copy_same": (
+        "目标库 {target} 就是当前配置的数据库，无需复制",
+        "the target {target} is the database configured now; there is nothing to copy",
+    ),
     "storage_recovered": ("数据库已恢复可写", "the database is writable again"),
     "data_dir_unusable": (
         "无法使用数据文件夹 {path}（{reason}）。请创建它并让运行 tuwen 的用户可以写入（systemd 中为 ReadWritePaths，容器中为 /data 卷的属主），或修改 [storage] data_dir",
