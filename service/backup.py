@@ -44,6 +44,9 @@ class BackupResult:
 
 def backup_command(config: Config, args: argparse.Namespace) -> int:
     """`tuwen backup DEST`: print the copy's path and row counts; exit 0, or 1 with a plain message."""
+    if config.storage.database_url.get_secret_value():
+        print(str(msg("backup_postgresql")), file=sys.stderr)  # the server's own tools back it up
+        return 1
     try:
         result = backup_database(config.db_path, args.dest)
     except BackupError as exc:

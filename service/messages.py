@@ -160,6 +160,10 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
         "不是可用的数据库地址（{reason}）。留空使用 data_dir 下的 SQLite 文件，或写 postgresql+psycopg://用户:密码@主机/库名",
         "is not a usable database URL ({reason}). Leave it empty for the SQLite file under data_dir, or use postgresql+psycopg://user:password@host/dbname",
     ),
+    "backup_postgresql": (
+        "tuwen backup 只备份 SQLite 文件。PostgreSQL 数据库请用 pg_dump 备份，或用 tuwen db copy --to sqlite:///文件路径 复制一份",
+        "tuwen backup copies the SQLite file only. Back up a PostgreSQL database with pg_dump, or copy it with tuwen db copy --to sqlite:///PATH",
+    ),
     # `tuwen db copy --to URL` (service/dbcopy.py)
     "db_copy_table": (
         "{table}：原库 {source} 行，目标库 {target} 行",

@@ -123,3 +123,10 @@ def test_an_unsupported_database_url_is_a_config_error_in_both_languages(tmp_pat
     assert "storage.database_url: ***" in checked.stderr
     assert "不是可用的数据库地址" in checked.stderr and "is not a usable database URL" in checked.stderr
     assert "hunter2" not in checked.stderr + checked.stdout
+
+
+def test_backup_of_a_postgresql_database_points_to_pg_dump_and_db_copy(tmp_path: Path, pg_url: str) -> None:
+    refused = tuwen(write_config(tmp_path / "config.toml", pg_url), "backup", str(tmp_path / "copy.sqlite3"))
+    assert refused.returncode == 1
+    assert "pg_dump" in refused.stderr and "tuwen db copy --to sqlite:///" in refused.stderr
+    assert not (tmp_path / "copy.sqlite3").exists()
