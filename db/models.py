@@ -191,6 +191,7 @@ class Job(Base):
         Index("ix_jobs_conversation", "conversation_id"),
         Index("ix_jobs_review", "status", "review_status"),
         Index("ix_jobs_node", "status", "node"),
+        Index("ix_jobs_finished", "source", "source_ref", "finished_at"),
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -90,6 +90,24 @@ class JobReads:
                 .order_by(Job.id.desc())
                 .limit(1)
             ).first()
+
+    def finished_elsewhere(self, source: str, source_ref: str, since: datetime, node: str) -> list[Job]:
+        """Done or failed jobs of one source instance that another node finished at `since` or later."""
+        with self._read() as session:
+            return list(
+                session.scalars(
+                    select(Job)
+                    .where(
+                        Job.source == source,
+                        Job.source_ref == source_ref,
+                        Job.finished_at >= since,
+                        Job.status.in_([JobStatus.DONE, JobStatus.FAILED]),
+                        or_(Job.node.is_(None), Job.node != node),
+                    )
+                    .order_by(Job.finished_at, Job.id)
+                    .limit(1000)
+                )
+            )
 
     def uncatalogued_jobs(self, source: str, source_ref: str, limit: int = 10_000) -> list[Job]:
         """Finished jobs of one source instance whose catalogue row was never written, oldest first."""

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import asdict
+from datetime import datetime
 
 from db.files import FileSeen, FileStore
 from db.models import Job, JobStatus
@@ -260,6 +261,12 @@ class JobQueue:
     def finished_file_jobs(self, source: str, source_ref: str) -> Iterator[Job]:
         """The finished job each recorded file's sidecars show (start-up repair), streamed."""
         return self.files.finished_jobs(source, source_ref)
+
+    def finished_elsewhere(self, source: str, source_ref: str, since: datetime) -> list[Job]:
+        """Jobs of one source instance other nodes finished since `since` (none when this node is alone)."""
+        if self.origin_node is None:
+            return []  # one node: every answer was heard here, through `finished`
+        return self.store.finished_elsewhere(source, source_ref, since, self.origin_node)
 
     def uncatalogued_jobs(self, source: str, source_ref: str) -> list[Job]:
         """Finished jobs of one watch whose catalogue row was never appended (a crash in between)."""

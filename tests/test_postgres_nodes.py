@@ -1,5 +1,6 @@
 """Two real `tuwen serve` nodes sharing one PostgreSQL queue: a folder backlog is shared between them, one
-node is killed with -9 in the middle of it, and every scan is still answered and recorded exactly once."""
+node is killed with -9 in the middle of it, and every scan is still answered and recorded exactly once,
+its sidecars written by the watching node."""
 
 from __future__ import annotations
 
@@ -102,6 +103,9 @@ def test_a_node_killed_mid_backlog_leaves_every_scan_answered_once(
             )
         except AssertionError:
             raise AssertionError(tail(tmp_path / "hall.log")) from None
+        # The watching node writes the sidecars of the scans the other node answered too.
+        scans = sorted(inbox.glob("scan-*.jpg"))
+        wait_until(lambda: all(p.with_name(p.name + ".json").exists() for p in scans), timeout=30)
         assert hall.poll() is None
     answered = rows(pg_url, "SELECT file_path, status, node, answer FROM jobs ORDER BY file_path")
     assert len(answered) == SCANS  # one job per scan: nothing queued twice

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -50,6 +51,10 @@ log = logging.getLogger(f"tuwen.{__name__}")
 MAX_RESTARTS = 10
 RESTART_WINDOW_SECONDS = 600.0
 FOLDER_CHECK_SECONDS = 10.0
+# With several nodes on one database, other nodes answer this folder's backlog too: this often the watcher
+# writes the sidecars and catalogue rows of what they finished (looking back a little, for clock skew).
+ELSEWHERE_SECONDS = 2.0
+ELSEWHERE_OVERLAP = timedelta(seconds=10)
 
 
 class FolderGone(Exception):
@@ -70,6 +75,8 @@ class FolderWatcher:
         self._observer: BaseObserver | None = None
         self._scan_requested = threading.Event()
         self._first_scan_done = False
+        self._elsewhere_since = datetime.now(UTC)
+        self._elsewhere_seen: dict[int, datetime] = {}  # job id → finished_at, within the overlap
         self.supervisor = Supervisor(
             self.name,
             self._run,
@@ -126,16 +133,20 @@ class FolderWatcher:
 
     def _watch(self, stop: threading.Event) -> None:
         self.intake.load()
+        self._elsewhere_since = datetime.now(UTC)
         self.repair_sidecars()
         self._start_observer()
         self.supervisor.mark("running")
         tick = min(0.5, max(0.05, self.watch.stable_seconds / 4))
-        clock = next_scan = next_check = 0.0
+        clock = next_scan = next_check = next_elsewhere = 0.0
         while not stop.is_set():
             if clock >= next_check:
                 if not self.root.is_dir():
                     raise FolderGone()
                 next_check = clock + FOLDER_CHECK_SECONDS
+            if clock >= next_elsewhere:
+                self.record_finished_elsewhere()
+                next_elsewhere = clock + ELSEWHERE_SECONDS
             if clock >= next_scan or self._scan_requested.is_set():
                 self._scan_requested.clear()
                 self.scan()
@@ -232,6 +243,34 @@ class FolderWatcher:
         write_sidecars_for_job(job, self.watch)
         if self.watch.catalogue and append_to_catalogue(job, self.watch):
             self.queue.mark_catalogued(job.id)
+
+    def record_finished_elsewhere(self) -> int:
+        """Write the sidecars and catalogue rows of this folder's jobs that other nodes finished lately."""
+        now = datetime.now(UTC)
+        try:
+            jobs = self.queue.finished_elsewhere(
+                SOURCE, self.watch.key, self._elsewhere_since - ELSEWHERE_OVERLAP
+            )
+        except StorageUnavailable:
+            return 0  # Store.health reports it; the next round looks back from the same moment
+        written = 0
+        for job in jobs:
+            if job.id in self._elsewhere_seen or job.finished_at is None:
+                continue
+            self._elsewhere_seen[job.id] = job.finished_at
+            latest = self.queue.latest_finished_job_for_file(SOURCE, self.watch.key, job.file_path or "")
+            if latest is not None and latest.id == job.id and job.images and Path(job.images[0]).exists():
+                try:
+                    write_sidecars_for_job(job, self.watch)
+                    if self.watch.catalogue and not job.catalogued and append_to_catalogue(job, self.watch):
+                        self.queue.mark_catalogued(job.id)
+                    written += 1
+                except Exception:
+                    log.exception("%s: the sidecars of job %s failed", self.name, job.uid[:8])
+        cutoff = self._elsewhere_since - ELSEWHERE_OVERLAP
+        self._elsewhere_seen = {i: at for i, at in self._elsewhere_seen.items() if at >= cutoff}
+        self._elsewhere_since = now
+        return written
 
     def _on_updated(self, job: Job) -> None:
         """A reviewed job: rewrite its JSON and XMP with the correction (the catalogue is append-only)."""
