@@ -1,4 +1,6 @@
-"""`tuwen` command line: serve, ask, batch, check-config, jobs, links, report. Every command takes `-c PATH`.
+"""`tuwen` command line: serve, ask, batch, check-config, jobs, links, report, backup, health, db copy.
+
+Every command takes `-c PATH`.
 
 It builds what it runs through `service.composition` and imports no adapter itself.
 """
