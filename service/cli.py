@@ -252,10 +252,14 @@ def _batch(config: Config, args: argparse.Namespace) -> int:
 
 
 def _jobs(config: Config, args: argparse.Namespace) -> int:
-    from db.store import Store
+    from service.errors import StartupError
+    from service.storage import open_store
 
-    store = Store(config.db_target, data_dir=config.storage.data_dir)
-    store.migrate()
+    try:
+        store = open_store(config)  # an unusable database is one plain paragraph, as for serve
+    except StartupError as exc:
+        print(str(exc.message), file=sys.stderr)
+        return 1
     if args.retry or args.retry_failed:
         count = store.retry_failed(args.retry if args.retry else None)
         print(str(msg("cli_requeued", count=count)))

@@ -130,3 +130,13 @@ def test_backup_of_a_postgresql_database_points_to_pg_dump_and_db_copy(tmp_path:
     assert refused.returncode == 1
     assert "pg_dump" in refused.stderr and "tuwen db copy --to sqlite:///" in refused.stderr
     assert not (tmp_path / "copy.sqlite3").exists()
+
+
+def test_an_unreachable_database_stops_serve_with_a_plain_message_and_no_password(tmp_path: Path) -> None:
+    url = "postgresql+psycopg://tuwen:hunter2pw@127.0.0.1:1/tuwen"  # nothing listens on port 1
+    started = tuwen(write_config(tmp_path / "config.toml", url), "serve")
+    assert started.returncode != 0
+    output = started.stdout + started.stderr
+    assert "hunter2pw" not in output
+    assert "postgresql+psycopg://tuwen:***@127.0.0.1:1/tuwen" in output
+    assert "无法" in output and "Traceback" not in output
