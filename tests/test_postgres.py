@@ -216,3 +216,18 @@ def test_the_password_never_shows_in_what_the_store_says() -> None:
     shown = Store(target).shown
     assert "s3cr" not in shown and "db.example" in shown
     assert {"s3cr@t", "s3cr%40t"} <= set(url_secrets(target))
+
+
+def test_without_a_listening_connection_an_idle_worker_looks_at_the_queue_every_second() -> None:
+    from db.notify import FALLBACK_POLL_SECONDS, ChangeListener
+
+    listener = ChangeListener(
+        ([], {"host": "127.0.0.1", "port": 1, "user": "postgres", "connect_timeout": 2}), "x"
+    )
+    listener.start()  # the connection is refused: polling instead
+    try:
+        first = listener.version()
+        time.sleep(FALLBACK_POLL_SECONDS * 1.5)
+        assert not listener.listening and listener.version() != first
+    finally:
+        listener.stop()
