@@ -21,6 +21,7 @@ from sqlalchemy import Engine, create_engine, event, func, or_, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from db import grams
 from db.faults import storage_fault
 from db.models import Job, JobStatus, ReviewStatus, utcnow
 from db.reads import MAX_ROW_ID, JobReads
@@ -288,3 +289,5 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+    # The short-term search index's triggers call it (db/grams.py).
+    grams.register(dbapi_connection)
