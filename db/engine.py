@@ -22,6 +22,8 @@ from urllib.parse import quote
 from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError
 
+from db import grams
+
 SQLITE = "sqlite"
 POSTGRESQL = "postgresql"
 DIALECTS = (SQLITE, POSTGRESQL)
@@ -112,6 +114,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+    # The short-term search index's triggers call it (db/grams.py).
+    grams.register(dbapi_connection)
 
 
 def _nul_safe_text(dbapi_connection: Any, _record: Any) -> None:

@@ -1,23 +1,7 @@
 """Read-side queries over the job history: search, filters, paging, review statistics and review samples.
 
-Search has to work for Chinese, which has no spaces between words, so a word tokenizer is useless. The
-`jobs_fts` index (migration 0002) uses FTS5's trigram tokenizer: any substring of three or more characters
-is found through the index. Trigrams cannot find one- or two-character strings (「鼎」, 「合影」, which are
-whole words in Chinese), so those terms fall back to `LIKE '%…%'` over the same text (a scan, but
-bounded by the other filters and fast enough for an archive's tens of thousands of jobs).
-
-Both look in `jobs.search_text` (migration 0004), the searched columns folded by `db.folding.fold`,
-and every query term is folded the same way first: 布告 finds 佈告, 县政府 finds 縣政府 and the reverse,
-ＡＢＣ１２３ finds abc123. Whether a term is short is decided on its folded form (NFKC can lengthen it:
-ﬃ is ffi). The jobs found are shown with their original columns; nothing displays the folded text.
-
-On PostgreSQL there is no FTS5: every term becomes `search_text LIKE '%term%'`, which the GIN trigram index
-of migration 0004 (`pg_trgm`) serves for terms of three characters or more. Which form a term takes is
-decided when the statement is compiled for the store's dialect (`_Indexed`), so callers build one query.
-
-The query is split on whitespace; every term must match (AND), each in any of the searched columns. Terms
-are always passed to FTS5 as quoted strings, never as query syntax, so `"`, `*`, `NEAR(`, `OR`, `-` and
-`'--` are just characters to look for.
+Keyword search (which index answers each term, folding, a fast count) is `db.search`; this module
+combines it with the other filters.
 
 Dates (`date_from`, `date_to`, both inclusive) are calendar days in the *server's local timezone* (the
 `TZ` of the service process), because that is the day staff see on the wall clock where the box stands;
@@ -27,40 +11,18 @@ they are converted to UTC instants for the `created_at` column, which stores UTC
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from statistics import NormalDist
 from typing import Any
 
-from sqlalchemy import (
-    Boolean,
-    Column,
-    ColumnElement,
-    Integer,
-    MetaData,
-    Table,
-    Text,
-    and_,
-    case,
-    func,
-    or_,
-    select,
-)
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy import ColumnElement, and_, case, func, select, tuple_
 
-from db.folding import fold
-from db.models import FTS_TABLE, Job, JobStatus, ReviewStatus
+from db.models import Job, JobStatus, ReviewStatus
+from db.search import fast_count, page_conditions, text_conditions
 from db.store import Store
 
-# The FTS table, described only as far as queries need it (its own MetaData: migrations must not see it).
-# The hidden column named like the table is what FTS5's MATCH operator is applied to.
-_FTS = Table(FTS_TABLE, MetaData(), Column("rowid", Integer), Column(FTS_TABLE, Text))
-# Trigrams need three characters; shorter terms go to LIKE.
-MIN_FTS_CHARS = 3
-_CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 MAX_PER_PAGE = 200
 REVIEW_FILTERS = (*ReviewStatus.ALL, "reviewed")  # "reviewed": correct or corrected
 STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.DONE, JobStatus.FAILED)
@@ -125,12 +87,16 @@ def search_jobs(
     """
     if page < 1 or not 1 <= per_page <= MAX_PER_PAGE:
         raise ValueError(f"page {page} / per_page {per_page} out of range")
-    conditions = filter_conditions(JobFilter(q, source, watch, status, date_from, date_to, review))
+    others = filter_conditions(JobFilter("", source, watch, status, date_from, date_to, review))
     with store.read_session() as session:
-        total = session.scalar(select(func.count()).select_from(Job).where(*conditions)) or 0
+        if others or not q.strip():
+            counted = [*others, *text_conditions(q)]
+            total = session.scalar(select(func.count()).select_from(Job).where(*counted)) or 0
+        else:
+            total = fast_count(session, q)
         items = session.scalars(
             select(Job)
-            .where(*conditions)
+            .where(*others, *page_conditions(session, q))
             .order_by(Job.created_at.desc(), Job.id.desc())
             .offset((page - 1) * per_page)
             .limit(per_page)
@@ -153,9 +119,9 @@ def iter_jobs(
         query = select(Job).where(*conditions)
         if after is not None:
             created, job_id = after
-            query = query.where(
-                or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id))
-            )
+            # A row-value comparison: SQLite seeks the (created_at, id) index to the resume point; the
+            # equivalent OR of two conditions made it read again from the newest row for every batch.
+            query = query.where(tuple_(Job.created_at, Job.id) < tuple_(created, job_id))
         with store.read_session() as session:
             rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(batch)))
         yield from rows
@@ -189,47 +155,6 @@ def filter_conditions(job_filter: JobFilter) -> list[ColumnElement[bool]]:
     if f.date_to is not None and f.date_to < date.max:
         conditions.append(Job.created_at < local_day_start(f.date_to + timedelta(days=1)))
     return conditions
-
-
-def text_conditions(q: str) -> list[ColumnElement[bool]]:
-    """Conditions for a keyword query: each whitespace-separated term, folded, must occur in search_text."""
-    # FTS5 reads its query as a C string: a NUL would end it mid-quote ("unterminated string").
-    terms = [fold(term) for term in _CONTROL_CHARS.sub(" ", q).split()]
-    conditions: list[ColumnElement[bool]] = []
-    long_terms = [term for term in terms if len(term) >= MIN_FTS_CHARS]
-    if long_terms:
-        conditions.append(_Indexed(long_terms))
-    for term in terms:
-        if len(term) < MIN_FTS_CHARS:
-            conditions.append(_contains(term))
-    return conditions
-
-
-def _contains(term: str) -> ColumnElement[bool]:
-    return Job.search_text.like("%" + _escape_like(term) + "%", escape="\\")
-
-
-class _Indexed(ColumnElement[bool]):
-    """Every one of `terms` (folded, three characters or more) occurs in search_text, through the index."""
-
-    type = Boolean()
-    inherit_cache = False  # the terms are not bound parameters a cached statement could take again
-
-    def __init__(self, terms: Sequence[str]) -> None:
-        self.terms = list(terms)
-
-
-@compiles(_Indexed, "sqlite")
-def _fts5_match(element: _Indexed, compiler: SQLCompiler, **kw: Any) -> str:
-    # Each term a quoted FTS5 string (inner quotes doubled): no operator, prefix or column syntax.
-    expression = " ".join('"' + term.replace('"', '""') + '"' for term in element.terms)
-    matching = select(_FTS.c.rowid).where(_FTS.c[FTS_TABLE].match(expression))
-    return compiler.process(Job.id.in_(matching), **kw)
-
-
-@compiles(_Indexed)
-def _trigram_like(element: _Indexed, compiler: SQLCompiler, **kw: Any) -> str:
-    return compiler.process(and_(*(_contains(term) for term in element.terms)), **kw)
 
 
 def local_day_start(day: date) -> datetime:
@@ -305,11 +230,6 @@ def sample_for_review(store: Store, n: int) -> list[Job]:
                 .limit(n)
             )
         )
-
-
-def _escape_like(term: str) -> str:
-    # Backslash first, so the escapes added for % and _ are not escaped again.
-    return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def stats_dict(stats: ReviewStats) -> dict[str, Any]:

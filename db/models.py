@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, Mapper, ORMExecuteState, Session, mapped_column
 
 from db.folding import fold
+from db.grams import GRAMS_TABLE
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -89,8 +90,8 @@ def search_text_of(values: Iterable[str | None]) -> str:
 
 
 def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
-    """Alembic autogenerate filter: ignore the FTS5 index and its shadow tables (`jobs_fts_data`, ...)."""
-    return not (type_ == "table" and name is not None and name.startswith(FTS_TABLE))
+    """Alembic autogenerate filter: ignore the FTS5 indexes and their shadow tables (`jobs_fts_data`, ...)."""
+    return not (type_ == "table" and name is not None and name.startswith((FTS_TABLE, GRAMS_TABLE)))
 
 
 class Job(Base):

@@ -1,4 +1,4 @@
-"""History search on real SQLite files: the trigram index, the short-term fallback, filters, paging, dates,
+"""History search on real SQLite files: the trigram index, short terms, filters, paging, dates,
 and migration 0002 on a database that already holds jobs."""
 
 from __future__ import annotations
@@ -65,12 +65,12 @@ def test_chinese_terms_of_three_or_more_characters_are_found_through_the_trigram
     assert fts_rowids(store, '"饕餮纹"') == [bronze.id]
 
 
-def test_one_and_two_character_terms_fall_back_to_like(store: Store) -> None:
+def test_one_and_two_character_terms_are_found_through_the_gram_index(store: Store) -> None:
     ding = add(store, answer="西周青铜鼎")
     group = add(store, ocr_text="全家合影")
     add(store, answer="山水画")
     assert fts_rowids(store, '"鼎"') == []  # trigrams cannot find a single character...
-    assert uids(store, q="鼎") == [ding.uid]  # ...so the fallback does
+    assert uids(store, q="鼎") == [ding.uid]  # ...the gram index does (tests/test_search_grams.py)
     assert uids(store, q="合影") == [group.uid]
     assert set(uids(store, q="青铜 鼎")) == {ding.uid}  # a long and a short term, both required
 
