@@ -98,6 +98,7 @@ def test_copy_sqlite_to_postgresql_and_back_keeps_every_row(tmp_path: Path, pg_u
     again = Store(back)
     assert counts(again) == {**before, "jobs": before["jobs"] + 1}
     assert search_jobs(again, q="县政府").total == len(ids)  # the FTS5 index was filled on the way in
+    assert search_jobs(again, q="號").total == len(ids)  # and the one-character gram index
     again.close()
 
 
