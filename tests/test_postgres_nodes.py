@@ -70,6 +70,7 @@ def drop_scans(inbox: Path) -> None:
         (inbox / f"scan-{i:02d}.jpg").write_bytes(buffer.getvalue())
 
 
+@pytest.mark.timeout(600)  # two services start and read 36 scans with OCR on a shared CPU
 def test_a_node_killed_mid_backlog_leaves_every_scan_answered_once(
     tmp_path: Path, inbox: Path, pg_url: str
 ) -> None:
