@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from db.engine import url_secrets
 from service import __version__
 from service.backup import backup_command
 from service.config import DEFAULT_IGNORE, DEFAULT_PROMPT, Config
@@ -58,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
             config.wechat.token,
         )
     ]
-    secrets += url_secrets(config.storage.database_url.get_secret_value())  # the database password
+    if database_url := config.storage.database_url.get_secret_value():
+        from db.engine import url_secrets  # SQLAlchemy: only when there is a URL (start-up stays quick)
+
+        secrets += url_secrets(database_url)  # the database password
     setup_logging(getattr(args, "log_level", None) or config.logging.level, secrets)
     handlers = {
         "serve": _serve,

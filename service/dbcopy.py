@@ -16,17 +16,18 @@ import argparse
 import logging
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Integer, Table, func, select, text
-
-from db.engine import UnsupportedDatabase, url_secrets
-from db.models import Base
-from db.store import Store
 from service import redact
 from service.config import Config
 from service.errors import StorageUnavailable
 from service.messages import msg
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Table
+
+# SQLAlchemy, the models and the store are imported when a copy runs: `tuwen` itself must start quickly
+# (the parser is built from this module for every command).
 
 log = logging.getLogger(f"tuwen.{__name__}")
 
@@ -57,6 +58,8 @@ def add_db_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def db_command(config: Config, args: argparse.Namespace) -> int:
     """Run `tuwen db copy`; prints one line per table and exits 0 only when every count matches."""
+    from db.engine import url_secrets
+
     redact.register(url_secrets(args.to))
     try:
         counts = copy_database(config, args.to, batch=max(1, args.batch))
@@ -74,6 +77,10 @@ def db_command(config: Config, args: argparse.Namespace) -> int:
 
 def copy_database(config: Config, to: str, *, batch: int = BATCH_ROWS) -> list[TableCount]:
     """Copy every table of the configured database into the empty database at `to`; the counts after."""
+    from db.engine import UnsupportedDatabase
+    from db.models import Base
+    from db.store import Store
+
     source = Store(config.db_target, data_dir=config.storage.data_dir)
     try:
         target = Store(to)
@@ -105,10 +112,14 @@ def copy_database(config: Config, to: str, *, batch: int = BATCH_ROWS) -> list[T
 
 
 def _count(connection: Connection, table: Table) -> int:
+    from sqlalchemy import func, select
+
     return int(connection.execute(select(func.count()).select_from(table)).scalar() or 0)
 
 
 def _copy_table(reading: Connection, writing: Connection, table: Table, batch: int) -> int:
+    from sqlalchemy import select
+
     key = list(table.primary_key.columns)[0]  # every tuwen table has a one-column primary key
     last: Any = None
     copied = 0
@@ -125,6 +136,8 @@ def _copy_table(reading: Connection, writing: Connection, table: Table, batch: i
 
 
 def _reset_sequences(writing: Connection, tables: list[Table]) -> None:
+    from sqlalchemy import Integer, text
+
     # Rows came with their ids: the next id PostgreSQL hands out must come after the largest copied one.
     with writing.begin():
         for table in tables:
