@@ -226,7 +226,10 @@ class Store(JobReads):
             job = session.get_one(Job, job_id, with_for_update=claim is not None)
             if claim is not None and (job.status, job.node, job.attempts) != (JobStatus.RUNNING, *claim):
                 log.warning(
-                    "job %d was re-claimed by %s meanwhile; this answer is discarded", job_id, job.node
+                    "job %d is no longer held by this claim (now %s on %s): this outcome is discarded",
+                    job_id,
+                    job.status,
+                    job.node,
                 )
                 return job
             for key, value in fields.items():
