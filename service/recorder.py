@@ -107,7 +107,8 @@ class Recorder:
             "latency_ms": (time.monotonic() - work.started) * 1000,
         }
         finished = self.persist(lambda: self.store.finish(job.id, claim=_claim_of(job), **fields))
-        log.info("done in %.0f ms", finished.latency_ms or 0)
+        if finished.status == JobStatus.DONE:
+            log.info("done in %.0f ms", finished.latency_ms or 0)
         self._announce(finished)
         return finished
 
