@@ -1,14 +1,16 @@
 """Two real `tuwen serve` nodes sharing one PostgreSQL queue: a folder backlog is shared between them, one
 node is killed with -9 in the middle of it, and every scan is still answered and recorded exactly once,
-its sidecars written by the watching node."""
+its sidecars written by the watching node; a question asked of one node is answered by that node."""
 
 from __future__ import annotations
 
+import base64
 import io
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
@@ -118,3 +120,49 @@ def test_a_node_killed_mid_backlog_leaves_every_scan_answered_once(
     assert all(answer for *_, answer in answered)
     assert held >= 1  # the dead node's claims were re-queued and answered by the other
     assert "re-queued" in (tmp_path / "hall.log").read_text(encoding="utf-8")
+
+
+def test_a_question_is_answered_by_the_node_it_was_asked_of(
+    make_config, backend_factory, pg_url: str, scan_bytes
+) -> None:  # type: ignore[no-untyped-def]
+    from pydantic import SecretStr
+
+    from tests.live import running_service as live_service
+
+    def node(name: str):  # type: ignore[no-untyped-def]
+        return make_config(
+            watches=[],
+            storage={"database_url": SecretStr(pg_url)},
+            http={"api_key": SecretStr("k")},
+            node={"name": name, "heartbeat_seconds": 0.5, "lease_seconds": 3.0},
+        )
+
+    scan = "data:image/jpeg;base64," + base64.b64encode(scan_bytes(["问一问"])).decode()
+    body = {
+        "model": "tuwen",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "写了什么？"},
+                    {"type": "image_url", "image_url": {"url": scan}},
+                ],
+            }
+        ],
+    }
+    asked: list[tuple[str, str]] = []
+    with (
+        live_service(node("hall"), backend_factory) as hall,
+        live_service(node("office"), backend_factory) as office,
+    ):
+        for live, name in [(hall, "hall"), (office, "office")] * 3:
+            response = httpx.post(
+                live.base_url + "/v1/chat/completions",
+                json=body,
+                headers={"Authorization": "Bearer k"},
+                timeout=60,
+            )
+            assert response.status_code == 200
+            asked.append((response.json()["id"].removeprefix("chatcmpl-"), name))
+        answered = {uid: live.app.store.get_by_uid(uid) for uid, _ in asked}
+    assert all((answered[uid].node, answered[uid].origin_node) == (name, name) for uid, name in asked)  # type: ignore[union-attr]
