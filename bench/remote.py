@@ -120,7 +120,7 @@ def backlog_run(
             started = time.perf_counter()
             for path in staged:
                 os.rename(path, root / "inbox" / path.name)  # a scanner's atomic drop
-            db = root / "data" / "tuwen.db"
+            db = root / "data" / "tuwen.sqlite3"
             while recorded(db) < scans:
                 if process.poll() is not None or time.perf_counter() - started > 600:
                     raise SystemExit(f"backlog did not finish:\n{(root / 'serve.log').read_text()[-3000:]}")
@@ -169,7 +169,7 @@ def interactive_run(server: FakeOpenAIServer, latency: float, questions: int = 2
                     seconds.append(time.perf_counter() - began)
                     if response.status_code != 200:
                         raise SystemExit(f"question {n}: HTTP {response.status_code} {response.text[:300]}")
-            pending = backlog - recorded(root / "data" / "tuwen.db")
+            pending = backlog - recorded(root / "data" / "tuwen.sqlite3")
     ordered = sorted(seconds)
     return {
         "latency": latency,
@@ -186,24 +186,33 @@ def _start_profile(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
     if not Path(spy).exists():
         print("(py-spy not installed: `pip install py-spy` for --profile)", file=sys.stderr)
         return None
-    command = [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--output", str(out)]
+    # --gil: only the thread holding the GIL, i.e. where the service's Python time goes (not its waits).
+    command = [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--gil"]
+    command += ["--output", str(out)]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _stop_profile(spy: subprocess.Popen[bytes], out: Path, top: int = 12) -> list[tuple[str, float]]:
-    """py-spy's collapsed stacks → the functions with the most samples at the top of the stack."""
+def _stop_profile(spy: subprocess.Popen[bytes], out: Path, top: int = 14) -> list[tuple[str, float]]:
+    """py-spy's collapsed stacks → tuwen's functions by inclusive share of the GIL-holding samples."""
     spy.send_signal(2)
     spy.wait(30)
-    own: Counter[str] = Counter()
+    shutil.copyfile(out, Path(tempfile.gettempdir()) / "tuwen-remote-profile.txt")  # for a closer look
+    inclusive: Counter[str] = Counter()
     total = 0
     for line in out.read_text(encoding="utf-8", errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        frame = stack.split(";")[-1]
-        own[frame.split(" (")[0] + " " + frame.rsplit("/", 1)[-1].rstrip(")")] += int(count)
         total += int(count)
-    return [(name, round(100 * n / total, 1)) for name, n in own.most_common(top)] if total else []
+        ours = set()
+        for frame in stack.split(";"):
+            name, _, where = frame.partition(" (")
+            if any(f"/{package}/" in "/" + where for package in ("service", "watchers", "db", "bots")):
+                module = where.split("/")[-2] + "/" + where.split("/")[-1].split(":")[0]
+                ours.add(f"{module} {name.split('.')[-1] if '.' in name else name}")
+        for name in ours:
+            inclusive[name] += int(count)
+    return [(name, round(100 * n / total, 1)) for name, n in inclusive.most_common(top)] if total else []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,14 +222,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="8,32,64")
     parser.add_argument("--ceiling-scans", type=int, default=1500)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--parts", default="ceiling,backlog,interactive", help="which measurements to run")
     args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
     server = FakeOpenAIServer()
     server.record_bodies = False
     server.start()
     try:
-        ceiling = backlog_run(server, 0.0, 64, args.ceiling_scans, profile=args.profile)
-        runs = [backlog_run(server, args.latency, int(c), args.scans) for c in args.concurrency.split(",")]
-        interactive = interactive_run(server, args.latency)
+        ceiling = None
+        if "ceiling" in parts:
+            ceiling = backlog_run(server, 0.0, 64, args.ceiling_scans, args.profile)
+        levels = args.concurrency.split(",") if "backlog" in parts else []
+        runs = [backlog_run(server, args.latency, int(c), args.scans) for c in levels]
+        interactive = interactive_run(server, args.latency) if "interactive" in parts else None
     finally:
         server.stop()
     print(f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.machine()}.\n")
@@ -231,14 +245,17 @@ def main(argv: list[str] | None = None) -> int:
         cells = [run["concurrency"], f"{run['latency']} s", run["scans"], run["seconds"], run["per_s"]]
         cells += [run["ideal_per_s"], f"{share:.0%}", run["max_in_flight"]]
         print("| " + " | ".join(str(cell) for cell in cells) + " |")
-    print(
-        f"\nSpine ceiling (latency 0, concurrency 64, {ceiling['scans']} scans): "
-        f"**{ceiling['per_s']} jobs/s** ({ceiling['seconds']} s)."
-    )
-    if ceiling["profile"]:
-        print("\nWhere the service's time goes (py-spy, share of samples at the top of the stack):\n")
+    if ceiling is not None:
+        print(
+            f"\nSpine ceiling (latency 0, concurrency 64, {ceiling['scans']} scans): "
+            f"**{ceiling['per_s']} jobs/s** ({ceiling['seconds']} s)."
+        )
+    if ceiling is not None and ceiling["profile"]:
+        print("\nWhere the service's Python time goes (py-spy --gil, inclusive share of samples):\n")
         for name, share in ceiling["profile"]:  # type: ignore[union-attr]
             print(f"- {share} % `{name}`")
+    if interactive is None:
+        return 0
     i = interactive
     print(
         f"\nInteractive amid a backlog (C = 8, latency {i['latency']} s, {i['questions']} questions in a row"

@@ -9,15 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
+from service.config_base import Strict, _ids_as_text, known_timezone
+from service.config_bots import DEFAULT_QUESTION, BotConfig, TelegramConfig, WeChatConfig, WeComConfig
 from service.cron import cron_trigger
+
+# Re-exported: callers import every table from here.
+__all__ = ["DEFAULT_QUESTION", "BotConfig", "Strict", "TelegramConfig", "WeChatConfig", "WeComConfig"]
 
 # A watched folder's question when its [[watch]] names none (and `tuwen ask` / `tuwen batch` without one).
 DEFAULT_PROMPT = "请用20字以内描述图中场景、人物和时间特征"
-# A person's question when they send a picture with no words: a chat photo without a caption, an API message
-# with only an image.
-DEFAULT_QUESTION = "这是什么？请简要描述。"
 
 # paperless-ngx's lesson: NAS, sync and OS litter must never become jobs. Our own sidecars and temporary
 # files are here too so writing a sidecar never triggers a job.
@@ -41,17 +43,6 @@ DEFAULT_IGNORE: tuple[str, ...] = (
     "*.bak-*",
     "tuwen-catalogue.csv",
 )
-
-
-def _ids_as_text(value: object) -> object:
-    # Telegram ids are numbers, WeChat/WeCom ids are strings: compare them all as text.
-    return [str(item) for item in value] if isinstance(value, list) else value
-
-
-class Strict(BaseModel):
-    """Base for every table: unknown keys are errors, values are validated on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class OpenAIConfig(Strict):
@@ -164,6 +155,10 @@ class HttpConfig(Strict):
     max_pixels_per_request: int = Field(200_000_000, ge=1_000_000)
     # Browser origins allowed to call the API from other sites (CORS); empty = none.
     cors_origins: list[str] = Field(default_factory=list)
+    # The institution's clock: CSV export times and the Reports tab's "yesterday" are in this zone.
+    timezone: str = "Asia/Shanghai"
+
+    _timezone = field_validator("timezone")(known_timezone)
 
 
 class KioskConfig(Strict):
@@ -172,6 +167,11 @@ class KioskConfig(Strict):
     title: str = "拍一拍，问一问"
     presets: list[str] = Field(
         default_factory=lambda: ["这是什么？", "它是什么年代的？", "请用简单的话给孩子讲讲它"]
+    )
+    # What a visitor who switches to English sees instead (empty: the Chinese ones stay).
+    title_en: str = "Snap it, ask it"
+    presets_en: list[str] = Field(
+        default_factory=lambda: ["What is this?", "How old is it?", "Explain it simply, for a child"]
     )
     idle_seconds: float = Field(90.0, ge=5)
     max_turns: int = Field(6, ge=1, le=50)
@@ -217,52 +217,6 @@ class LoggingConfig(Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
-class BotConfig(Strict):
-    """What every chat bot shares: who may use it, how often, and how long a conversation lasts."""
-
-    enabled: bool = False
-    allowed_user_ids: list[str] = Field(default_factory=list)
-    allowed_chat_ids: list[str] = Field(default_factory=list)
-    rate_limit_per_minute: int = Field(6, ge=1, le=1000)
-    default_question: str = DEFAULT_QUESTION
-    max_turns: int = Field(6, ge=1, le=50)
-    conversation_minutes: float = Field(30.0, gt=0)
-    answer_timeout_seconds: float = Field(300.0, gt=0)
-
-    _ids = field_validator("allowed_user_ids", "allowed_chat_ids", mode="before")(_ids_as_text)
-
-
-class TelegramConfig(BotConfig):
-    """`[telegram]`: a Telegram bot (aiogram)."""
-
-    token: SecretStr = SecretStr("")
-    api_base: str = "https://api.telegram.org"
-    mode: Literal["polling", "webhook"] = "polling"
-    webhook_url: str = ""
-    webhook_secret: SecretStr = SecretStr("")
-    max_file_mb: float = Field(20.0, gt=0, le=2000)
-
-
-class WeChatConfig(BotConfig):
-    """`[wechat]`: personal WeChat through a wechaty puppet-service gateway (optional extra)."""
-
-    token: SecretStr = SecretStr("")
-    endpoint: str = ""
-    reconnect_max_seconds: float = Field(300.0, gt=0)
-
-
-class WeComConfig(BotConfig):
-    """`[wecom]`: a WeCom (企业微信) self-built app; its callback URL is served by tuwen's HTTP server."""
-
-    corp_id: str = ""
-    agent_id: int = 0
-    secret: SecretStr = SecretStr("")
-    token: SecretStr = SecretStr("")
-    encoding_aes_key: SecretStr = SecretStr("")
-    api_base: str = "https://qyapi.weixin.qq.com"
-    callback_path: str = "/wecom/callback"
-
-
 ReportOutput = Literal["markdown", "html", "csv", "png"]
 REPORT_OUTPUTS: tuple[ReportOutput, ...] = ("markdown", "html", "csv", "png")
 
@@ -303,16 +257,7 @@ class ReportConfig(Strict):
             raise ValueError(f"is not a valid cron schedule (minute hour day month weekday): {exc}") from exc
         return value
 
-    @field_validator("timezone")
-    @classmethod
-    def _valid_timezone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError("is not a known timezone (e.g. Asia/Shanghai, Europe/Berlin, UTC)") from exc
-        return value
+    _timezone = field_validator("timezone")(known_timezone)
 
     _ids = field_validator("telegram_chat_ids", "wecom_users", "wechat_contacts", mode="before")(_ids_as_text)
 

@@ -159,6 +159,21 @@ def scan_bytes() -> Callable[..., bytes]:
     return make
 
 
+# --- the browser (Debian's chromium through Playwright) ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """One chromium for the module; each test gets a fresh context (see tests/browser.py)."""
+    from tests.browser import CHROMIUM, CHROMIUM_ARGS
+
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
 # --- leaving the test process --------------------------------------------------------------------------
 
 _EXIT_STATUS: int | None = None

@@ -83,6 +83,7 @@ def test_example_has_the_keys_the_issue_names() -> None:
         ("[[watch]]\nprompt = 'x'\n", "watch[0].path: required but missing"),
         ("[[watch]]\npath = 'a'\nstable_seconds = -1\n", "watch[0].stable_seconds: -1"),
         ("[http]\nport = 70000\n", "http.port: 70000"),
+        ("[http]\ntimezone = 'Mars/Olympus'\n", "http.timezone: 'Mars/Olympus' is not a known timezone"),
         ("[[watch]]\npath = 'a'\n[[watch]]\npath = 'a'\n", "two watches share the name"),
         ("[[watch]]\npath = 'a'\nprompt = '  '\n", "prompt must not be empty"),
         ("[model\n", "not valid TOML"),

@@ -87,6 +87,8 @@ def endpoint(session: Session, name: str) -> tuple[str, dict[str, Any]]:
         return "/v1/chat/completions", chat_body("同源提问")
     if name == "review":
         return f"/api/jobs/{session.job_id}/review", {"verdict": "correct"}
+    if name == "report":
+        return "/api/reports/generate", {}
     return "/api/review/sample", {"n": 5}
 
 
@@ -107,7 +109,7 @@ def send(session: Session, name: str, headers: dict[str, str], content_type: str
     )
 
 
-ENDPOINTS = ["chat", "review", "sample"]
+ENDPOINTS = ["chat", "review", "sample", "report"]
 REFUSED = {
     "no-origin-no-token": ({}, "application/json", "api_csrf_refused"),
     "foreign-origin": ({"Origin": EVIL}, "application/json", "api_csrf_refused"),

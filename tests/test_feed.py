@@ -295,6 +295,8 @@ def test_kiosk_and_feed_config_need_their_tokens(feed_service: Any) -> None:
     assert kiosk.json() == {
         "title": "拍一拍，问一问",
         "presets": ["这是什么？", "它是什么年代的？", "请用简单的话给孩子讲讲它"],
+        "title_en": "Snap it, ask it",
+        "presets_en": ["What is this?", "How old is it?", "Explain it simply, for a child"],
         "idle_seconds": 90.0,
         "max_turns": 6,
     }

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -23,6 +25,7 @@ from db.models import Job
 from service.config import Config, HttpConfig, ImagesConfig, StorageConfig, WatchConfig
 from service.events import ChatTurn, Event, Priority
 from service.http.auth import Auth, Scope
+from service.messages import msg
 from tests.conftest import InstrumentedBackend, wait_until
 from tests.live import LiveService, running_service
 
@@ -90,6 +93,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory, ocr_engine: object) -> Iter
             for label, event in events.items()
         }
         Path(jobs["gone"].images[0]).unlink()  # an upload cleaned up since
+        jobs["bronze"] = _reviewed_at_a_known_time(live, jobs["bronze"])
         _scan(inbox / "家谱_张氏.jpg", "族谱 第三卷")
         jobs["genealogy"] = wait_until(
             lambda: next((j for j in live.app.store.list_jobs(source="watch") if j.status == "done"), None),
@@ -97,6 +101,21 @@ def seeded(tmp_path_factory: pytest.TempPathFactory, ocr_engine: object) -> Iter
         )  # type: ignore[assignment]
         with httpx.Client(base_url=live.base_url, headers=AUTH, timeout=30) as client:
             yield Seeded(live, client, jobs, root / "data")
+
+
+def _reviewed_at_a_known_time(live: LiveService, job: Job) -> Job:
+    """Mark `job` correct by 张馆员, finished 2026-03-01T16:30Z and reviewed 17:00Z (for the CSV's times)."""
+    store = live.app.store
+    store.set_review(job.id, "correct")
+    with store.write_session() as session:
+        row = session.get(Job, job.id)
+        assert row is not None
+        row.finished_at = datetime(2026, 3, 1, 16, 30, tzinfo=UTC)
+        row.reviewed_at = datetime(2026, 3, 1, 17, 0, tzinfo=UTC)
+        row.reviewed_by = "张馆员"
+    updated = store.get(job.id)
+    assert updated is not None
+    return updated
 
 
 def ids(response: httpx.Response) -> list[int]:
@@ -200,24 +219,61 @@ def test_hostile_queries_are_answered(seeded: Seeded, query: str) -> None:
     assert response.status_code == 200 and response.json()["total"] == 0
 
 
-def test_csv_export_has_a_bom_and_the_filtered_rows(seeded: Seeded) -> None:
-    response = seeded.client.get("/api/jobs/export.csv", params={"source": "kiosk"})
+ZH_HEADER = [
+    "编号", "提交时间（Asia/Shanghai）", "完成时间（Asia/Shanghai）", "来源", "来源标识", "文件", "问题",
+    "回答", "识别文字", "状态", "错误", "审核状态", "更正", "审核人", "审核时间（Asia/Shanghai）",
+]  # fmt: skip
+EN_HEADER = [
+    "id", "submitted (Asia/Shanghai)", "finished (Asia/Shanghai)", "source", "source ref", "file", "question",
+    "answer", "OCR text", "status", "error", "review status", "correction", "reviewed by",
+    "reviewed (Asia/Shanghai)",
+]  # fmt: skip
+
+
+def export_rows(seeded: Seeded, **params: str) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """The export's header and its rows by job id (checking the BOM and the download headers)."""
+    response = seeded.client.get("/api/jobs/export.csv", params=params)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/csv")
     assert "attachment" in response.headers["content-disposition"]
     assert response.content.startswith(b"\xef\xbb\xbf")
-    rows = list(csv.DictReader(io.StringIO(response.content.decode("utf-8-sig"), newline="")))
+    reader = csv.reader(io.StringIO(response.content.decode("utf-8-sig"), newline=""))
+    header, *rows = list(reader)
+    return header, {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+
+
+def test_csv_export_has_a_bom_chinese_headers_and_the_filtered_rows(seeded: Seeded) -> None:
+    header, rows = export_rows(seeded, source="kiosk")
     painting = seeded.jobs["painting"]
-    assert [row["id"] for row in rows] == [str(painting.id)]
-    assert list(rows[0]) == [
-        "id", "time", "source", "source_ref", "file", "question", "answer", "ocr_text", "status", "error",
-        "review_status", "correction",
-    ]  # fmt: skip
-    assert rows[0]["question"] == "'=1+1 它是什么年代的？"  # never run as a formula in Excel
-    assert rows[0]["ocr_text"] == "山水画清代" and rows[0]["review_status"] == "unreviewed"
-    assert rows[0]["answer"] == painting.answer
-    everything = seeded.client.get("/api/jobs/export.csv").content.decode("utf-8-sig")
-    assert len(list(csv.DictReader(io.StringIO(everything, newline="")))) == 6
+    assert header == ZH_HEADER
+    assert list(rows) == [str(painting.id)]
+    row = rows[str(painting.id)]
+    assert row["问题"] == "'=1+1 它是什么年代的？"  # never run as a formula in Excel
+    assert row["识别文字"] == "山水画清代" and row["审核状态"] == "unreviewed"
+    assert row["回答"] == painting.answer
+    assert len(export_rows(seeded)[1]) == 6
+
+
+def test_csv_export_in_english_names_the_columns_and_the_errors_in_english(seeded: Seeded) -> None:
+    header, rows = export_rows(seeded, lang="en")
+    broken = seeded.jobs["broken"]
+    assert header == EN_HEADER
+    assert broken.error_code and rows[str(broken.id)]["error"] == msg(broken.error_code).en
+    assert export_rows(seeded, lang="zh")[0] == ZH_HEADER
+
+
+def test_csv_times_are_local_excel_dates_and_the_reviewer_is_named(seeded: Seeded) -> None:
+    bronze = seeded.jobs["bronze"]
+    row = export_rows(seeded)[1][str(bronze.id)]
+    assert row["完成时间（Asia/Shanghai）"] == "2026-03-02 00:30:00"  # finished 2026-03-01T16:30:00Z
+    assert row["审核时间（Asia/Shanghai）"] == "2026-03-02 01:00:00"
+    assert row["审核人"] == "张馆员" and row["审核状态"] == "correct"
+    created = bronze.created_at.astimezone(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m-%d %H:%M:%S")
+    assert row["提交时间（Asia/Shanghai）"] == created
+    assert all(
+        re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", r["提交时间（Asia/Shanghai）"])
+        for r in export_rows(seeded)[1].values()
+    )
 
 
 def test_thumbnail_is_a_small_jpeg(seeded: Seeded) -> None:
@@ -262,6 +318,7 @@ FILTERS = ("/api/jobs", "/api/jobs/export.csv")
         (FILTERS[:1], {"per_page": "201"}, "history_bad_param"),
         (FILTERS[:1], {"per_page": "many"}, "history_bad_param"),
         (FILTERS[:1], {"page": "0"}, "history_bad_param"),
+        (FILTERS[1:], {"lang": "fr"}, "history_bad_param"),
     ],
 )
 def test_bad_parameters_are_400_in_both_languages(

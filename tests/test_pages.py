@@ -6,8 +6,6 @@ be checked exactly. Set TUWEN_SCREENSHOTS=/some/dir to keep a screenshot of each
 
 from __future__ import annotations
 
-import io
-import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
@@ -21,7 +19,7 @@ from pydantic import SecretStr
 from bench.render import render_text_image
 from service.config import Config
 from service.http.auth import Auth, Scope
-from tests.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.browser import CHROMIUM, Watched, open_page, scan_png, screenshot
 from tests.live import LiveService, running_service
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -32,50 +30,6 @@ expect.set_options(timeout=30_000)
 KEY = "pages-test-key-0123456789"
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
-
-
-def scan_png(lines: list[str]) -> dict[str, Any]:
-    """A rendered scan as a Playwright file payload."""
-    buffer = io.BytesIO()
-    render_text_image(lines, size=(760, 90 + 60 * len(lines)), font_size=32).save(buffer, "PNG")
-    return {"name": "scan.png", "mimeType": "image/png", "buffer": buffer.getvalue()}
-
-
-def screenshot(page: Any, name: str) -> None:
-    """Keep a screenshot when TUWEN_SCREENSHOTS names a folder (for people, not assertions)."""
-    folder = os.environ.get("TUWEN_SCREENSHOTS")
-    if folder:
-        page.screenshot(path=str(Path(folder) / f"tuwen-{name}.png"), full_page=True, animations="disabled")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """One chromium for the module; each test gets a fresh context."""
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-class Watched:
-    """A page plus everything it did that a test may want to refuse: script errors and dialogs."""
-
-    def __init__(self, page: Any) -> None:
-        self.page = page
-        self.errors: list[str] = []
-        self.dialogs: list[str] = []
-        page.on("pageerror", lambda error: self.errors.append(str(error)))
-        page.on("console", self._console)
-        page.on("dialog", self._dialog)
-
-    def _console(self, message: Any) -> None:
-        # A blocked script or style means the page broke its own Content-Security-Policy.
-        if "Content Security Policy" in message.text:
-            self.errors.append(message.text)
-
-    def _dialog(self, dialog: Any) -> None:
-        self.dialogs.append(dialog.message)
-        dialog.dismiss()
 
 
 @pytest.fixture
@@ -97,14 +51,6 @@ def live(make_config: Callable[..., Config], backend_factory: Any) -> Callable[.
         return running_service(make_config(**tables), backend_factory)
 
     return start
-
-
-def open_page(watched: Watched, url: str) -> Any:
-    """Go to a page and wait until its script has finished setting up."""
-    page = watched.page
-    page.goto(url)
-    page.wait_for_selector("body.ready")
-    return page
 
 
 def ask_on_web(page: Any, lines: list[str], question: str) -> None:

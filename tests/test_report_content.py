@@ -187,7 +187,7 @@ def test_new_items_have_thumbnails_and_links(data: ReportData, history: History)
     first = data.items[0]
     assert first.job_id == history.ids["a1"] and first.who == "a1.jpg"
     assert first.created == datetime(2025, 3, 3, 10, 30, tzinfo=SHANGHAI)
-    assert first.link == f"{BASE_URL}/api/jobs/{first.job_id}"
+    assert first.link == f"{BASE_URL}/jobs/{first.job_id}"  # the job's own page in the web UI
     assert data.history_url == f"{BASE_URL}/#history"
 
 
@@ -275,6 +275,7 @@ def test_csv_has_one_row_per_job_and_reads_back(files: ReportFiles, history: His
     assert by_id[history.ids["bad2"]]["error_code"] == "image_empty"
     assert by_id[history.ids["a1"]]["created"] == "2025-03-03T10:30:00+08:00"
     assert by_id[history.ids["k1"]]["correction"] == CORRECTION
+    assert by_id[history.ids["a1"]]["link"] == f"{BASE_URL}/jobs/{history.ids['a1']}"
 
 
 def test_png_is_a_real_chart(files: ReportFiles) -> None:
@@ -284,6 +285,26 @@ def test_png_is_a_real_chart(files: ReportFiles) -> None:
         pixels = image.convert("L")
         dark = sum(pixels.histogram()[:200])
     assert dark > 5000  # bars, axes and labels, not a blank canvas
+
+
+def test_the_chart_shows_each_days_failed_share_on_labelled_axes(data: ReportData, history: History) -> None:
+    from service.reports.chart import chart_figure
+
+    jobs, share = chart_figure(data).axes
+    # Our own count: jobs and failed jobs per Shanghai day, straight from the database.
+    per_day = sql(
+        history,
+        "SELECT date(created_at, '+8 hours'), count(*), sum(status = 'failed') FROM jobs WHERE IN_PERIOD "
+        "GROUP BY 1 ORDER BY 1",
+    )
+    counted = {day: 100 * failed / total for day, total, failed in per_day}
+    expected = [counted.get(day.isoformat(), math.nan) for day in data.days]
+    (line,) = share.get_lines()
+    assert list(line.get_ydata()) == pytest.approx(expected, nan_ok=True)
+    assert any(0 < value < 100 for value in expected)  # the period has days with and without failures
+    assert share.get_ylim() == (0, 100)
+    assert (jobs.get_xlabel(), jobs.get_ylabel()) == ("日期 / date", "任务数 / jobs")
+    assert share.get_ylabel() == "失败比例（%） / failed share (%)"
 
 
 def test_markdown_has_the_key_numbers(files: ReportFiles, data: ReportData) -> None:

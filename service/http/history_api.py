@@ -1,8 +1,9 @@
 """History and review JSON API (docs/http-contract.md, "History and review"), all behind the FULL scope.
 
 - GET  /api/jobs                  search + filters + paging (db.history.search_jobs)
-- GET  /api/jobs/export.csv       the filtered set as an Excel-friendly CSV (UTF-8 with BOM, CRLF)
-- GET  /api/jobs/{id}             one job, with its conversation history
+- GET  /api/jobs/export.csv       the filtered set as an Excel-friendly CSV (service.http.history_csv)
+- GET  /api/jobs/{id}             one job, with its conversation, OCR lines, pages and sidecars
+- GET  /api/jobs/{id}/pages/{n}   page n as a JPEG in the pixels of its OCR boxes (service.http.job_pages)
 - GET  /api/jobs/{id}/thumbnail   JPEG, long edge <= 256 px (service.thumbnails)
 - POST /api/jobs/{id}/review      a verdict (and correction); folder jobs get their sidecars rewritten
 - POST /api/review/sample         random unreviewed done jobs
@@ -16,13 +17,11 @@ and image decoding belong.
 
 from __future__ import annotations
 
-import csv
-import io
 import re
-from collections.abc import Iterator
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import StreamingResponse
@@ -36,29 +35,13 @@ from db.history import (
     search_jobs,
 )
 from db.models import Job, ReviewStatus
-from service.csvcells import spreadsheet_cell
 from service.http.auth import Scope, require
 from service.http.context import HttpContext
 from service.http.errors import ApiError
+from service.http.history_csv import LANGUAGES, csv_chunks
+from service.http.job_pages import detail_fields, page_jpeg
 from service.messages import msg, render
 from service.thumbnails import thumbnail_bytes
-
-CSV_COLUMNS = (
-    "id",
-    "time",
-    "source",
-    "source_ref",
-    "file",
-    "question",
-    "answer",
-    "ocr_text",
-    "status",
-    "error",
-    "review_status",
-    "correction",
-)
-_BOM = "\ufeff"
-_EXPORT_BATCH_ROWS = 200
 
 
 def job_summary(job: Job) -> dict[str, Any]:
@@ -148,20 +131,32 @@ def build_router(ctx: HttpContext) -> APIRouter:
     @router.get("/api/jobs/export.csv")
     def export_csv(
         job_filter: JobFilter = Depends(job_filter_params),  # noqa: B008 - FastAPI's dependency idiom
+        lang: str = "",
     ) -> StreamingResponse:
-        """The filtered set as CSV for Excel: UTF-8 with BOM, CRLF rows, formula-safe cells."""
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        """The filtered set as CSV for Excel (service.http.history_csv); headers in Chinese, or `lang=en`."""
+        check_choice("lang", lang, LANGUAGES)
+        timezone = ctx.config.http.timezone
+        stamp = datetime.now(ZoneInfo(timezone)).strftime("%Y%m%d-%H%M%S")
         return StreamingResponse(
-            _csv_chunks(iter_jobs(store, job_filter)),
+            csv_chunks(iter_jobs(store, job_filter), lang or "zh", timezone),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="tuwen-jobs-{stamp}.csv"'},
         )
 
     @router.get("/api/jobs/{job_id:int}")
     def job_detail(job_id: int) -> dict[str, Any]:
-        """One job with the earlier turns of its conversation."""
+        """One job with its conversation, OCR lines, page images and sidecars (service.http.job_pages)."""
         job = get_job(job_id)
-        return {**job_summary(job), "history": list(job.history or [])}
+        return {**job_summary(job), **detail_fields(job, ctx.config)}
+
+    @router.get("/api/jobs/{job_id:int}/pages/{number:int}")
+    def job_page(job_id: int, number: int) -> Response:
+        """Page `number` (1-based) as a JPEG in the pixels its OCR boxes use; 404 when gone or undecodable."""
+        job = get_job(job_id)
+        data = page_jpeg(job, number, ctx.config.storage.data_dir, ctx.config.images)
+        if data is None:
+            raise ApiError(404, msg("api_not_found", what=f"page {number} of job {job_id}"))
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
 
     @router.get("/api/jobs/{job_id:int}/thumbnail")
     def job_thumbnail(job_id: int) -> Response:
@@ -211,37 +206,3 @@ def _parse_int(name: str, value: str, low: int, high: int) -> int:
             400, msg("history_bad_param", name=name, value=value, allowed=f"{low}–{high}"), param=name
         )
     return number
-
-
-def _csv_chunks(jobs: Iterator[Job]) -> Iterator[bytes]:
-    """BOM + header, then rows in chunks (Excel needs the BOM to read UTF-8 as UTF-8)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    buffer.write(_BOM)
-    writer.writerow(CSV_COLUMNS)
-    for rows, job in enumerate(jobs, start=1):
-        writer.writerow([spreadsheet_cell(value) for value in _csv_values(job)])
-        if rows % _EXPORT_BATCH_ROWS == 0:
-            yield buffer.getvalue().encode("utf-8")
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue().encode("utf-8")
-
-
-def _csv_values(job: Job) -> tuple[object, ...]:
-    # Local time, like the date filters: the export is read by people in the building.
-    local = job.created_at.astimezone().isoformat(timespec="seconds") if job.created_at else ""
-    return (
-        job.id,
-        local,
-        job.source,
-        job.source_ref,
-        job.file_path,
-        job.question,
-        job.answer,
-        job.ocr_text,
-        job.status,
-        job.error,
-        job.review_status,
-        job.correction,
-    )

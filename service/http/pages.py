@@ -1,6 +1,7 @@
 """The people-facing pages: the web UI at `/`, the museum kiosk and the hall-screen feed.
 
-- `GET /`             ask / history / review (FULL scope; without it, when a key is set → /login)
+- `GET /`             ask / history / review / reports (FULL scope; without it, when a key is set → /login)
+- `GET /jobs/{id}`    one job's own page: pages with OCR boxes, answer, review, re-run (FULL scope, like /)
 - `GET /kiosk`        the tablet page (KIOSK scope; its token travels in the URL)
 - `GET /feed`         the hall screen (FEED scope); its SSE and thumbnails live in `feed.py`
 - `GET /api/config/kiosk`, `GET /api/i18n`, `GET /static/<file>`
@@ -96,13 +97,22 @@ def build_router(ctx: HttpContext) -> APIRouter:
         session = auth.session_of(request) if auth.enabled else None
         return {"csrf": session.csrf_token} if session is not None else {}
 
-    @router.get("/", include_in_schema=False)
-    def index(request: Request) -> Response:
-        """The web UI; people without a session are sent to /login when a key is set."""
+    def staff_page(request: Request, name: str) -> Response:
+        # People without a session are sent to /login when a key is set.
         if not auth.allows(request, Scope.FULL):
             return RedirectResponse("/login", status_code=303)
         attrs = {"auth": "on" if auth.enabled else "off", **csrf_attrs(request)}
-        return page_response("index.html", body_attrs=attrs)
+        return page_response(name, body_attrs=attrs)
+
+    @router.get("/", include_in_schema=False)
+    def index(request: Request) -> Response:
+        """The web UI: ask, history, review, reports."""
+        return staff_page(request, "index.html")
+
+    @router.get("/jobs/{job_id:int}", include_in_schema=False)
+    def job_page(request: Request, job_id: int) -> Response:
+        """One job's own page; its script reads the job from `GET /api/jobs/{id}`."""
+        return staff_page(request, "job.html")
 
     @router.get("/kiosk", include_in_schema=False, dependencies=[Depends(require(auth, Scope.KIOSK))])
     def kiosk_page(request: Request) -> Response:
@@ -116,11 +126,14 @@ def build_router(ctx: HttpContext) -> APIRouter:
 
     @router.get("/api/config/kiosk", dependencies=[Depends(require(auth, Scope.KIOSK))])
     def kiosk_config() -> dict[str, Any]:
-        """What the kiosk page shows and how long it waits before clearing itself."""
+        """What the kiosk page shows (in Chinese, and in English for a visitor who switches) and how long it
+        waits before clearing itself."""
         kiosk = config.kiosk
         return {
             "title": kiosk.title,
             "presets": list(kiosk.presets),
+            "title_en": kiosk.title_en,
+            "presets_en": list(kiosk.presets_en),
             "idle_seconds": kiosk.idle_seconds,
             "max_turns": kiosk.max_turns,
         }

@@ -2,6 +2,8 @@
 
 - GET /api/reports                     every `data_dir/reports/NAME/STAMP/` folder with its files, newest
                                        period first, and each configured report's schedule (next and last run)
+- POST /api/reports/generate           write one report now for any days (default: yesterday in
+                                       `[http] timezone`), through the same `write_report` as the scheduler
 - GET /reports/{name}/{stamp}/{file}   one report file
 
 Scheduled runs and `tuwen report` write the same folders, so both are listed. Only what is on disk is
@@ -20,6 +22,7 @@ is a download.
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import datetime
 from pathlib import Path
@@ -29,11 +32,23 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
+from pydantic import BaseModel
 
 from service.http.auth import Scope, require
 from service.http.context import HttpContext
 from service.http.errors import ApiError
 from service.messages import msg
+from service.reports.adhoc import (
+    ReportUsageError,
+    bounds_for,
+    check_length,
+    choose_reports,
+    parse_day,
+    yesterday,
+)
+from service.reports.render import write_report
+
+log = logging.getLogger(f"tuwen.{__name__}")
 
 REPORTS_DIR = "reports"
 MAX_LISTED = 500  # folders listed at most (a daily report makes 365 a year); newest first
@@ -77,23 +92,24 @@ def list_reports(root: Path, limit: int = MAX_LISTED) -> list[dict[str, Any]]:
                 if run_dir.is_dir() and plain_segment(run_dir.name):
                     folders.append((run_dir.name, report_dir.name, run_dir))
     folders.sort(key=lambda item: (item[0], item[1]), reverse=True)
-    items = []
-    for stamp, name, folder in folders[:limit]:
-        files = []
-        for path in sorted(folder.iterdir()):
-            if path.is_file() and plain_segment(path.name) and path.suffix in FILE_TYPES:
-                files.append(
-                    {
-                        "name": path.name,
-                        "kind": FILE_TYPES[path.suffix][0],
-                        "size": path.stat().st_size,
-                        "url": "/reports/"
-                        + "/".join(quote(part, safe="") for part in (name, stamp, path.name)),
-                    }
-                )
-        modified = datetime.fromtimestamp(folder.stat().st_mtime).astimezone().isoformat(timespec="seconds")
-        items.append({"name": name, "stamp": stamp, "modified": modified, "files": files})
-    return items
+    return [folder_item(name, stamp, folder) for stamp, name, folder in folders[:limit]]
+
+
+def folder_item(name: str, stamp: str, folder: Path) -> dict[str, Any]:
+    """One report run's folder as the listing shows it: name, period stamp, modified time and its files."""
+    files = []
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and plain_segment(path.name) and path.suffix in FILE_TYPES:
+            files.append(
+                {
+                    "name": path.name,
+                    "kind": FILE_TYPES[path.suffix][0],
+                    "size": path.stat().st_size,
+                    "url": "/reports/" + "/".join(quote(part, safe="") for part in (name, stamp, path.name)),
+                }
+            )
+    modified = datetime.fromtimestamp(folder.stat().st_mtime).astimezone().isoformat(timespec="seconds")
+    return {"name": name, "stamp": stamp, "modified": modified, "files": files}
 
 
 def build_router(ctx: HttpContext) -> APIRouter:
@@ -103,8 +119,21 @@ def build_router(ctx: HttpContext) -> APIRouter:
 
     @router.get("/api/reports")
     def reports(limit: int = MAX_LISTED) -> dict[str, Any]:
-        """The report folders on disk, and the configured schedules with their next and last runs."""
-        return {"items": list_reports(root, max(1, min(limit, MAX_LISTED))), "schedules": _schedules(ctx)}
+        """The report folders on disk, the configured schedules with their next and last runs, and what the
+        「生成报告」 form offers: the report names and the default period (yesterday in `[http] timezone`)."""
+        timezone = ctx.config.http.timezone
+        day = yesterday(timezone).isoformat()
+        return {
+            "items": list_reports(root, max(1, min(limit, MAX_LISTED))),
+            "schedules": _schedules(ctx),
+            "names": [report.name for report in choose_reports(ctx.config, None)],
+            "default_period": {"date_from": day, "date_to": day, "timezone": timezone},
+        }
+
+    @router.post("/api/reports/generate")
+    def generate(body: GenerateBody | None = None) -> dict[str, Any]:
+        """Write one report now for the given days (yesterday by default), as `tuwen report` would."""
+        return {"item": generate_report(ctx, body or GenerateBody())}
 
     @router.get("/reports/{name}/{stamp}/{file}", include_in_schema=False)
     def report(name: str, stamp: str, file: str) -> FileResponse:
@@ -130,6 +159,36 @@ def build_router(ctx: HttpContext) -> APIRouter:
         )
 
     return router
+
+
+class GenerateBody(BaseModel):
+    """`POST /api/reports/generate`: which report (the first configured one when not given) and its days,
+    YYYY-MM-DD, both inclusive, in the report's timezone (each defaults to yesterday in `[http] timezone`)."""
+
+    name: str | None = None
+    date_from: str | None = None
+    date_to: str | None = None
+
+
+def generate_report(ctx: HttpContext, body: GenerateBody) -> dict[str, Any]:
+    """Write the report through `write_report`, as the scheduler and `tuwen report` do; its listing item."""
+    config = ctx.config
+    default = yesterday(config.http.timezone)
+    try:
+        report = choose_reports(config, body.name or None)[0]
+        since = parse_day("date_from", body.date_from or None) or default
+        until = parse_day("date_to", body.date_to or None) or default
+        start, end = bounds_for(report, since, until, datetime.now().astimezone())  # refuses since > until
+        check_length(since, until)
+    except ReportUsageError as exc:
+        raise ApiError(400, exc.message) from exc
+    try:
+        files = write_report(ctx.store, config, report, start, end)
+    except OSError as exc:
+        log.error("%s", msg("report_write_failed", name=report.name, reason=exc))
+        raise ApiError(500, msg("report_write_failed", name=report.name, reason=exc)) from exc
+    log.info("report %s for %s – %s written on request", report.name, since, until)
+    return folder_item(report.name, files.folder.name, files.folder)
 
 
 def _schedules(ctx: HttpContext) -> list[dict[str, Any]]:

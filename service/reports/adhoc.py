@@ -26,6 +26,8 @@ from service.reports.content import local_midnight, period_bounds
 from service.reports.render import ReportFiles, write_report
 
 DEFAULT_REPORT_NAME = "adhoc"
+# The longest period one on-demand report may cover (a year and a day: any calendar year, leap or not).
+MAX_DAYS = 366
 
 
 class ReportUsageError(Exception):
@@ -64,6 +66,19 @@ def parse_day(option: str, value: str | None) -> date | None:
         return date.fromisoformat(value)
     except ValueError:
         raise ReportUsageError(msg("history_bad_date", name=option, value=value)) from None
+
+
+def yesterday(timezone: str, now: datetime | None = None) -> date:
+    """The calendar day before today in `timezone`: the Reports tab's default period."""
+    moment = now or datetime.now().astimezone()
+    return moment.astimezone(ZoneInfo(timezone)).date() - timedelta(days=1)
+
+
+def check_length(since: date, until: date) -> None:
+    """Refuse a period longer than MAX_DAYS days (both inclusive) with ReportUsageError."""
+    days = (until - since).days + 1
+    if days > MAX_DAYS:
+        raise ReportUsageError(msg("report_range_too_long", days=days, limit=MAX_DAYS))
 
 
 def bounds_for(

@@ -1,4 +1,5 @@
-"""The report's PNG chart: jobs per local day, one stacked bar segment per source.
+"""The report's PNG chart: jobs per local day, one stacked bar segment per source, and each day's failed
+share as a line on a second axis (0–100 %), both axes labelled.
 
 matplotlib is used through its object API (`Figure` + the Agg canvas), never `pyplot`: pyplot keeps global
 state and picks a GUI backend, and reports are drawn in a worker thread of a headless service.
@@ -16,16 +17,21 @@ import io
 import logging
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.messages import msg
 from service.reports.content import ReportData
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(f"tuwen.{__name__}")
 
 # Preferred first; any font fontconfig says covers Chinese will do.
 _CJK_FAMILIES = ("Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "Noto Serif CJK SC")
+_FAILED_COLOUR = "#b42318"
 _COLOURS = ("#3b6ea8", "#e08a2e", "#4d9a5b", "#c4463a", "#8a6bb8", "#8c6d4f", "#d17db5", "#7f7f7f")
 
 
@@ -58,11 +64,17 @@ def _fc(command: list[str]) -> str | None:
 
 
 def render_chart(data: ReportData) -> bytes:
-    """The PNG bytes of the jobs-per-day chart (1000 x 450 px)."""
+    """The PNG bytes of the jobs-per-day chart with the failed share (1000 x 450 px)."""
+    buffer = io.BytesIO()
+    chart_figure(data).savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def chart_figure(data: ReportData) -> Figure:
+    """The chart as a matplotlib Figure: bars on `axes[0]`, the failed share on its twin `axes[1]`."""
     from matplotlib import font_manager
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
 
     font = cjk_font_path()
     family: str | None = None
@@ -75,40 +87,71 @@ def render_chart(data: ReportData) -> bytes:
     chinese = family is not None
     rc: dict[str, Any] = {"font.family": [family, "DejaVu Sans"]} if family else {}
 
+    def label(code: str) -> str:
+        text = msg(code)
+        return f"{text.zh} / {text.en}" if chinese else text.en
+
     import matplotlib
 
     with matplotlib.rc_context(rc):  # type: ignore[arg-type]  # the stubs list every rc key as a Literal
         figure = Figure(figsize=(10, 4.5), dpi=100)
         FigureCanvasAgg(figure)
         axes = figure.add_subplot()
-        positions = list(range(len(data.days)))
-        bottoms = [0] * len(data.days)
-        for index, row in enumerate(data.by_source):
-            counts = data.daily.get(row.key, [0] * len(data.days))
-            axes.bar(
-                positions,
-                counts,
-                bottom=bottoms,
-                label=row.zh if chinese else row.en,
-                color=_COLOURS[index % len(_COLOURS)],
-                width=0.8,
-            )
-            bottoms = [b + c for b, c in zip(bottoms, counts, strict=True)]
-        title = msg("report_chart_title")
-        axes.set_title(f"{title.zh} / {title.en}" if chinese else title.en)
-        step = max(1, len(positions) // 16)  # at most ~16 date labels, however long the period
-        axes.set_xticks(positions[::step], [day.strftime("%m-%d") for day in data.days[::step]])
-        axes.yaxis.set_major_locator(MaxNLocator(integer=True))  # jobs are whole numbers
-        axes.set_xlim(-0.6, max(len(positions), 1) - 0.4)
-        axes.grid(axis="y", alpha=0.3)
-        axes.set_axisbelow(True)
+        _draw_jobs(axes, data, chinese, label)
+        failed = _draw_failed_share(axes, data, label)
         if data.by_source:
-            # Outside the plot, on the right: inside it would cover the tallest bars.
-            axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+            # Outside the plot, right of the second axis: inside it would cover the tallest bars.
+            bars, names = axes.get_legend_handles_labels()
+            line, line_name = failed.get_legend_handles_labels()
+            axes.legend(
+                bars + line,
+                names + line_name,
+                loc="upper left",
+                bbox_to_anchor=(1.08, 1.0),
+                fontsize="small",
+                frameon=False,
+            )
         else:
-            empty = msg("report_no_items")
-            axes.text(0.5, 0.5, empty.zh if chinese else empty.en, ha="center", transform=axes.transAxes)
+            axes.text(0.5, 0.5, label("report_no_items"), ha="center", transform=axes.transAxes)
         figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return figure
+
+
+def _draw_jobs(axes: Any, data: ReportData, chinese: bool, label: Callable[[str], str]) -> None:
+    """Stacked bars of jobs per day, one colour per source, on labelled axes."""
+    from matplotlib.ticker import MaxNLocator
+
+    positions = list(range(len(data.days)))
+    bottoms = [0] * len(data.days)
+    for index, row in enumerate(data.by_source):
+        counts = data.daily.get(row.key, [0] * len(data.days))
+        axes.bar(
+            positions,
+            counts,
+            bottom=bottoms,
+            label=row.zh if chinese else row.en,
+            color=_COLOURS[index % len(_COLOURS)],
+            width=0.8,
+        )
+        bottoms = [b + c for b, c in zip(bottoms, counts, strict=True)]
+    axes.set_title(label("report_chart_title"))
+    axes.set_xlabel(label("report_chart_x"))
+    axes.set_ylabel(label("report_chart_y"))
+    step = max(1, len(positions) // 16)  # at most ~16 date labels, however long the period
+    axes.set_xticks(positions[::step], [day.strftime("%m-%d") for day in data.days[::step]])
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))  # jobs are whole numbers
+    axes.set_xlim(-0.6, max(len(positions), 1) - 0.4)
+    axes.grid(axis="y", alpha=0.3)
+    axes.set_axisbelow(True)
+
+
+def _draw_failed_share(axes: Any, data: ReportData, label: Callable[[str], str]) -> Any:
+    """Each day's failed share (0–100 %) as a line on a second, labelled axis; a day without jobs is a gap."""
+    failed = axes.twinx()
+    shares = [float("nan") if share is None else share for share in data.failed_shares]
+    name = label("report_chart_failed")
+    failed.plot(range(len(shares)), shares, color=_FAILED_COLOUR, marker="o", linewidth=2, label=name)
+    failed.set_ylim(0, 100)
+    failed.set_ylabel(name, color=_FAILED_COLOUR)
+    failed.tick_params(axis="y", colors=_FAILED_COLOUR)
+    return failed

@@ -116,6 +116,7 @@ class ReportData:
     busiest_hours: list[tuple[int, int]] = field(default_factory=list)  # (hour, jobs), busiest first
     days: list[date] = field(default_factory=list)  # every local day the period touches
     daily: dict[str, list[int]] = field(default_factory=dict)  # source -> jobs per day, aligned with days
+    daily_failed: list[int] = field(default_factory=list)  # failed jobs per day, aligned with days
     questions: list[QuestionCount] = field(default_factory=list)
     reviews: ReviewStats | None = None  # verdicts recorded in the period
     answers_reviewed: ReviewStats | None = None  # the period's own done answers, reviewed so far
@@ -128,6 +129,15 @@ class ReportData:
     def history_url(self) -> str | None:
         """The web UI's history tab, when the report knows where the web UI is."""
         return f"{self.base_url}/#history" if self.base_url else None
+
+    @property
+    def failed_shares(self) -> list[float | None]:
+        """Each day's failed jobs as a percentage of that day's jobs (None for a day without jobs)."""
+        totals = [sum(day) for day in zip(*self.daily.values(), strict=True)] or [0] * len(self.days)
+        return [
+            100 * failed / total if total else None
+            for failed, total in zip(self.daily_failed, totals, strict=True)
+        ]
 
     @property
     def period_hours(self) -> float:
@@ -242,6 +252,7 @@ def _count(data: ReportData, rows: Sequence[Any], tz: ZoneInfo) -> None:
     data.days = _local_days(data.since, data.until)
     day_index = {day: index for index, day in enumerate(data.days)}
     daily: dict[str, list[int]] = defaultdict(lambda: [0] * len(data.days))
+    data.daily_failed = [0] * len(data.days)
     for source, source_ref, status, created, finished, latency_ms in rows:
         statuses[status] += 1
         per_source[source][status] += 1
@@ -250,6 +261,8 @@ def _count(data: ReportData, rows: Sequence[Any], tz: ZoneInfo) -> None:
         local = created.astimezone(tz)
         data.hours[local.hour] += 1
         daily[source][day_index[local.date()]] += 1
+        if status == JobStatus.FAILED:
+            data.daily_failed[day_index[local.date()]] += 1
         if status == JobStatus.DONE and finished is not None:
             turnaround.append((finished - created).total_seconds() * 1000)
             if latency_ms is not None:

@@ -60,6 +60,11 @@ class LinkContext:
     images: ImagesConfig
 
 
+def job_link(base_url: str, job_id: int) -> str | None:
+    """The job's own page in the web UI (`/jobs/{id}`), when the report knows where the web UI is."""
+    return f"{base_url}/jobs/{job_id}" if base_url else None
+
+
 def source_names(source: str) -> tuple[str, str]:
     """The catalogue's Chinese and English names of a source label (the label itself when unknown)."""
     code = f"ui_source_{source}"
@@ -114,6 +119,5 @@ def _item(job: Job, context: LinkContext, *, thumbnails: bool) -> ReportItem:
         review_status=job.review_status or ReviewStatus.UNREVIEWED,
         correction=job.correction,
         thumbnail=thumbnail,
-        # The web UI has no per-job page yet; the job's JSON record is the one stable per-job address.
-        link=f"{context.base_url}/api/jobs/{job.id}" if context.base_url else None,
+        link=job_link(context.base_url, job.id),
     )

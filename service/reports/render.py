@@ -34,6 +34,7 @@ from db.store import Store
 from service.config import Config, ReportConfig
 from service.csvcells import spreadsheet_cell as csv_cell
 from service.reports.content import collect, period_conditions, scope_conditions
+from service.reports.items import job_link
 from service.reports.text import markdown, period_stamp, summary_zh
 
 log = logging.getLogger(f"tuwen.{__name__}")
@@ -200,7 +201,7 @@ def _csv_values(job: Job, tz: ZoneInfo, base_url: str) -> tuple[object, ...]:
         job.review_status,
         job.correction,
         local(job.reviewed_at),
-        f"{base_url}/api/jobs/{job.id}" if base_url else "",
+        job_link(base_url, job.id) or "",
     )
 
 

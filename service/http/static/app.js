@@ -1,23 +1,16 @@
-// The web UI at /: ask about an image (streamed answers, follow-ups), browse and export the history, and
-// review answers. Server data goes into the page as text only (see common.js).
+// The web UI at /: ask about an image (streamed answers, follow-ups), browse and export the history; the
+// review tab is review.js, the reports tab reports.js. Server data goes into the page as text only (see
+// common.js).
 import {
-  applyI18n, csrfToken, el, fetchJson, formatTime, imageDataUrl, kindBadge, loadI18n, reviewFlag, newId,
-  setupLangSwitch, sourceLabel, streamChat, t,
+  applyI18n, button, csrfToken, currentLang, el, fetchJson, formatTime, imageDataUrl, kindBadge, label, loadI18n,
+  newId, reviewBadge, reviewFlag, setupLangSwitch, showError, sourceLabel, streamChat, t, thumbnail,
 } from "./common.js";
+import { loadReports, renderReports, setupReports } from "./reports.js";
+import { loadStats, openReview, renderReview, setupReview } from "./review.js";
 
 const $ = (id) => document.getElementById(id);
 const TABS = ["ask", "history", "review", "reports"];
 const PER_PAGE = 20;
-
-/** An element whose text is the catalogue message `code`, re-translated when the language changes. */
-const label = (tag, code, props = {}) => el(tag, { ...props, dataset: { i18n: code }, text: t(code) });
-const button = (code, kind, onclick) => label("button", code, { type: "button", class: kind, onclick });
-
-function showError(id, message) {
-  const node = $(id);
-  node.textContent = message ?? "";
-  node.hidden = !message;
-}
 
 // ---- tabs ------------------------------------------------------------------------------------------
 
@@ -25,7 +18,9 @@ function showTab() {
   const name = TABS.includes(location.hash.slice(1)) ? location.hash.slice(1) : "ask";
   for (const tab of TABS) {
     $(`panel-${tab}`).hidden = tab !== name;
-    document.querySelector(`[data-tab="${tab}"]`).setAttribute("aria-selected", String(tab === name));
+    const link = document.querySelector(`[data-tab="${tab}"]`);
+    if (tab === name) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
   }
   if (name === "history") loadHistory();
   if (name === "review") loadStats();
@@ -199,9 +194,16 @@ function filterParams() {
   return params;
 }
 
+/** The CSV export of the filters as typed; its headers follow the page's language. */
+function exportUrl() {
+  const params = filterParams();
+  if (currentLang() === "en") params.set("lang", "en");
+  return `/api/jobs/export.csv?${params}`;
+}
+
 async function loadHistory() {
   const params = filterParams();
-  $("export").href = `/api/jobs/export.csv?${params}`;
+  $("export").href = exportUrl();
   params.set("page", String(listing.page));
   params.set("per_page", String(PER_PAGE));
   const request = ++listing.request; // a slow earlier search must not overwrite a newer one
@@ -218,20 +220,18 @@ async function loadHistory() {
   renderHistory();
 }
 
-function thumbnail(job) {
-  const src = `/api/jobs/${Number(job.id)}/thumbnail`;
-  const img = el("img", { class: "thumb", alt: "", loading: "lazy", src });
-  img.addEventListener("error", () => img.replaceWith(el("span", { class: "thumb missing", text: "—" })));
-  return img;
+/** A table cell that, as a card on a narrow screen, shows its column's name before its content. */
+function cell(column, props, ...children) {
+  return el("td", { ...props, dataset: { label: t(column) } }, ...children);
 }
 
 function answerCell(job) {
   if (job.status !== "done") {
     const badge = label("span", `ui_status_${job.status}`, { class: `badge ${job.status}` });
-    return el("td", {}, badge, el("div", { class: "clamp", text: job.error ?? "" }));
+    return cell("ui_col_answer", {}, badge, el("div", { class: "clamp", text: job.error ?? "" }));
   }
-  return el(
-    "td",
+  return cell(
+    "ui_col_answer",
     {},
     kindBadge(job.answer_kind),
     reviewFlag(job),
@@ -242,29 +242,24 @@ function answerCell(job) {
   );
 }
 
-function reviewBadge(job) {
-  const status = job.review_status ?? "unreviewed";
-  return label("span", `ui_review_${status}`, { class: `badge review-${status}` });
-}
-
 function historyRow(job) {
   const where = [sourceLabel(job.source), job.file_name ?? job.source_ref].filter(Boolean);
+  const review = job.status === "done" ? button("ui_history_review_this", "link", () => openReview(job)) : null;
   return el(
     "tr",
     { dataset: { id: String(job.id) } },
-    el("td", {}, thumbnail(job)),
-    el("td", { class: "nowrap", text: formatTime(job.created_at) }),
-    el("td", {}, el("div", { text: where[0] }), el("div", { class: "muted small", text: where[1] ?? "" })),
-    el("td", {}, el("div", { class: "clamp", text: job.question ?? "" })),
+    cell("ui_col_image", { class: "image" }, thumbnail(job)),
+    cell("ui_col_time", { class: "nowrap" }, formatTime(job.created_at)),
+    cell("ui_col_source", {}, el("div", { text: where[0] }), el("div", { class: "muted small", text: where[1] ?? "" })),
+    cell("ui_col_question", {}, el("div", { class: "clamp", text: job.question ?? "" })),
     answerCell(job),
-    el("td", {}, el("div", { class: "clamp ocr", text: job.ocr_text ?? "" })),
-    el(
-      "td",
-      {},
+    cell("ui_col_ocr", {}, el("div", { class: "clamp ocr", text: job.ocr_text ?? "" })),
+    cell(
+      "ui_col_review",
+      { class: "actions" },
       reviewBadge(job),
-      job.status === "done"
-        ? button("ui_history_review_this", "link", () => openReview(job))
-        : null,
+      review,
+      label("a", "ui_job_open", { href: `/jobs/${Number(job.id)}`, class: "job-link" }),
     ),
   );
 }
@@ -294,158 +289,8 @@ function setupHistory() {
     loadHistory();
   });
   $("export").addEventListener("click", () => {
-    $("export").href = `/api/jobs/export.csv?${filterParams()}`; // the filters as typed, even unsearched
+    $("export").href = exportUrl(); // the filters as typed, even unsearched
   });
-}
-
-// ---- review ----------------------------------------------------------------------------------------
-
-let stats = null;
-
-async function loadStats() {
-  try {
-    stats = await fetchJson("/api/review/stats");
-    showError("review-error", null);
-  } catch (err) {
-    showError("review-error", err.message);
-  }
-  renderStats();
-}
-
-const percent = (value) => (value === null || value === undefined ? "—" : `${(value * 100).toFixed(1)}%`);
-
-function renderStats() {
-  if (!stats) return;
-  $("stats-done").textContent = t("ui_stats_done", { done: stats.done });
-  const share = percent(stats.reviewed_share);
-  $("stats-reviewed").textContent = t("ui_stats_reviewed", { reviewed: stats.reviewed, share });
-  const interval = {
-    accuracy: percent(stats.accuracy),
-    low: percent(stats.ci_low),
-    high: percent(stats.ci_high),
-  };
-  $("stats-accuracy").textContent =
-    stats.accuracy === null || stats.accuracy === undefined
-      ? t("ui_stats_no_reviews")
-      : t("ui_stats_accuracy", interval);
-}
-
-function reviewCard(job) {
-  const status = el("p", { class: "saved", role: "status" });
-  const badge = el("span", {}, reviewBadge(job));
-  const when = `${formatTime(job.created_at)} · ${sourceLabel(job.source)}`;
-  const correction = el("textarea", { rows: 3, class: "correction-input" });
-  correction.value = job.correction ?? job.answer ?? "";
-  correction.placeholder = t("ui_review_correction_placeholder");
-  correction.dataset.i18nPlaceholder = "ui_review_correction_placeholder";
-  const card = el(
-    "article",
-    { class: "review-card", dataset: { id: String(job.id) } },
-    thumbnail(job),
-    el(
-      "div",
-      { class: "review-body" },
-      el("p", { class: "muted small" }, when, " ", badge, " ", kindBadge(job.answer_kind), " ", reviewFlag(job)),
-      el("p", { class: "question", text: job.question ?? "" }),
-      el("div", { class: "answer", text: job.answer ?? "" }),
-      correction,
-      el(
-        "div",
-        { class: "row" },
-        button("ui_review_mark_correct", "primary", () => save("correct")),
-        button("ui_review_save_correction", "secondary", () => save("corrected")),
-        button("ui_review_undo", "link", () => save("unreviewed")),
-      ),
-      status,
-    ),
-  );
-  async function save(verdict) {
-    status.textContent = "";
-    try {
-      const updated = await fetchJson(`/api/jobs/${Number(job.id)}/review`, {
-        method: "POST",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ verdict, correction: verdict === "corrected" ? correction.value : null }),
-      });
-      badge.replaceChildren(reviewBadge(updated));
-      status.replaceChildren(label("span", "ui_review_saved"));
-      status.classList.remove("error");
-      loadStats();
-    } catch (err) {
-      status.textContent = err.message;
-      status.classList.add("error");
-    }
-  }
-  return card;
-}
-
-function openReview(job) {
-  const list = $("review-list");
-  list.querySelector(`[data-id="${Number(job.id)}"]`)?.remove();
-  list.querySelector(".empty")?.remove();
-  list.prepend(reviewCard(job));
-  location.hash = "#review";
-}
-
-async function sample() {
-  try {
-    const body = await fetchJson("/api/review/sample", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ n: 20 }),
-    });
-    const items = body.items ?? [];
-    const none = label("p", "ui_review_none", { class: "empty muted" });
-    $("review-list").replaceChildren(...(items.length ? items.map(reviewCard) : [none]));
-    showError("review-error", null);
-  } catch (err) {
-    showError("review-error", err.message);
-  }
-}
-
-// ---- reports ---------------------------------------------------------------------------------------
-
-let reports = { items: [], schedules: [] };
-
-async function loadReports() {
-  try {
-    reports = await fetchJson("/api/reports");
-    showError("reports-error", null);
-  } catch (err) {
-    showError("reports-error", err.message);
-  }
-  renderReports();
-}
-
-function scheduleLine(schedule) {
-  const next = schedule.next_run
-    ? t("ui_reports_next", { time: formatTime(schedule.next_run) })
-    : t("ui_reports_not_scheduled");
-  const last = schedule.last_run;
-  const failed = last && last.status === "failed" ? t("ui_reports_last_failed", { reason: last.error }) : "";
-  const when = `${schedule.schedule} (${schedule.timezone})`;
-  return el("li", {}, el("strong", { text: schedule.name }), ` ${when} · ${next}`, failed ? ` · ${failed}` : "");
-}
-
-function reportRow(item) {
-  // The URLs come from the server, built from folder names it checked; they are set as attributes only.
-  const links = item.files.map((file) => {
-    const text = t(`ui_reports_file_${file.kind}`);
-    return el("a", { href: file.url, target: "_blank", rel: "noopener", title: file.name, text });
-  });
-  return el(
-    "tr",
-    {},
-    el("td", { text: item.name }),
-    el("td", { class: "nowrap", text: item.stamp }),
-    el("td", { class: "report-files" }, ...links),
-  );
-}
-
-function renderReports() {
-  $("report-schedules").replaceChildren(...(reports.schedules ?? []).map(scheduleLine));
-  $("report-rows").replaceChildren(...(reports.items ?? []).map(reportRow));
-  $("reports-empty").hidden = (reports.items ?? []).length > 0;
 }
 
 // ---- start -----------------------------------------------------------------------------------------
@@ -456,13 +301,14 @@ async function main() {
   $("logout-csrf").value = csrfToken(); // logging out is a POST with the session's CSRF token
   setupLangSwitch($("lang"), () => {
     renderHistory();
-    renderStats();
+    renderReview();
     renderReports();
     applyI18n(document);
   });
   setupAsk();
   setupHistory();
-  $("sample").addEventListener("click", sample);
+  setupReview();
+  setupReports();
   window.addEventListener("hashchange", showTab);
   showTab();
   document.body.classList.add("ready");

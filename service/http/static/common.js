@@ -34,7 +34,7 @@ export function t(code, params = {}) {
   return text.replace(/\{(\w+)\}/g, (whole, name) => (name in params ? String(params[name]) : whole));
 }
 
-/** Translate every element below `root` that names a message in data-i18n(-placeholder|-title). */
+/** Translate every element below `root` that names a message in data-i18n(-placeholder|-title|-label). */
 export function applyI18n(root) {
   for (const node of root.querySelectorAll("[data-i18n]")) node.textContent = t(node.dataset.i18n);
   for (const node of root.querySelectorAll("[data-i18n-placeholder]")) {
@@ -44,6 +44,7 @@ export function applyI18n(root) {
     node.title = t(node.dataset.i18nTitle);
     node.setAttribute("aria-label", node.title);
   }
+  for (const node of root.querySelectorAll("[data-i18n-label]")) node.setAttribute("aria-label", t(node.dataset.i18nLabel));
   document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
 }
 
@@ -89,6 +90,23 @@ export function el(tag, props = {}, ...children) {
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
   return node;
+}
+
+/** An element whose text is the catalogue message `code`, re-translated when the language changes. */
+export function label(tag, code, props = {}) {
+  return el(tag, { ...props, dataset: { ...(props.dataset ?? {}), i18n: code }, text: t(code) });
+}
+
+/** A button labelled with the catalogue message `code`. */
+export function button(code, kind, onclick) {
+  return label("button", code, { type: "button", class: kind, onclick });
+}
+
+/** Show `message` in the element with id `id` (an error line), or hide it when there is none. */
+export function showError(id, message) {
+  const node = document.getElementById(id);
+  node.textContent = message ?? "";
+  node.hidden = !message;
 }
 
 /** A random UUID (crypto.randomUUID needs https; a kiosk on the LAN is plain http). */
@@ -279,7 +297,20 @@ export function formatTime(iso) {
   return date.toLocaleString(lang === "zh" ? "zh-CN" : "en-GB", { dateStyle: "medium", timeStyle: "short" });
 }
 
-/** The small 「仅文字识别」 badge for an answer that is OCR text, not a model's answer (else null). */
+/** A job's thumbnail (history, review); a dash when the image is gone. */
+export function thumbnail(job) {
+  const src = `/api/jobs/${Number(job.id)}/thumbnail`;
+  const img = el("img", { class: "thumb", alt: "", loading: "lazy", src });
+  img.addEventListener("error", () => img.replaceWith(el("span", { class: "thumb missing", text: "—" })));
+  return img;
+}
+
+/** The badge of a job's review status (未审核 / 正确 / 已更正). */
+export function reviewBadge(job) {
+  const status = job.review_status ?? "unreviewed";
+  return label("span", `ui_review_${status}`, { class: `badge review-${status}` });
+}
+
 /** 「需核对」 when the reader flagged low-confidence lines; the notes (rotation, text layer…) as its tooltip. */
 export function reviewFlag(job) {
   if (!job.needs_review) return null;
@@ -288,6 +319,7 @@ export function reviewFlag(job) {
   return badge;
 }
 
+/** The small 「仅文字识别」 badge for an answer that is OCR text, not a model's answer (else null). */
 export function kindBadge(kind) {
   if (kind !== "ocr") return null;
   const badge = el("span", { class: "badge ocr", text: t("ui_badge_ocr") });

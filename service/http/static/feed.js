@@ -1,6 +1,9 @@
 // The hall screen: the newest answered items, arriving live over server-sent events (/api/feed/events).
-// No interaction; it reconnects by itself (EventSource) and shows when it is offline.
-import { el, fetchJson, formatTime, kindBadge, loadI18n, sourceLabel, t, urlToken } from "./common.js";
+// No interaction but the language switch (remembered, like the web UI's); it reconnects by itself
+// (EventSource) and shows when it is offline.
+import {
+  applyI18n, el, fetchJson, formatTime, kindBadge, loadI18n, setupLangSwitch, sourceLabel, t, urlToken,
+} from "./common.js";
 
 const $ = (id) => document.getElementById(id);
 const token = urlToken();
@@ -67,15 +70,29 @@ function render() {
   $("waiting").hidden = nodes.length > 0;
 }
 
+/** The status dot: green and "live" while connected; its label says which, in the page's language. */
+function showLive(live) {
+  $("status").classList.toggle("live", live);
+  $("status").dataset.i18nTitle = live ? "ui_feed_live" : "ui_feed_offline";
+  applyI18n($("status").parentElement);
+  $("offline").hidden = live;
+}
+
+/** Rebuild every card in the new language (badges, times), keeping which ones still glow as new. */
+function relabel() {
+  for (const [id, entry] of cards) {
+    const fresh = entry.node.classList.contains("fresh");
+    entry.node = card(items.get(id));
+    entry.node.classList.toggle("fresh", fresh);
+  }
+  render();
+}
+
 function connect() {
   const source = new EventSource(`/api/feed/events${query}`);
-  source.addEventListener("open", () => {
-    $("status").classList.add("live");
-    $("offline").hidden = true;
-  });
+  source.addEventListener("open", () => showLive(true));
   source.addEventListener("error", () => {
-    $("status").classList.remove("live");
-    $("offline").hidden = false;
+    showLive(false);
     // EventSource retries a dropped connection by itself but gives up after an error response (a restart
     // behind a proxy answering 502): a screen on a wall must keep trying.
     if (source.readyState === EventSource.CLOSED) setTimeout(connect, RETRY_MS);
@@ -101,6 +118,10 @@ function tickClock() {
 
 async function main() {
   await loadI18n();
+  setupLangSwitch($("lang"), () => {
+    relabel();
+    tickClock();
+  });
   try {
     const config = await fetchJson(`/api/config/feed${query}`);
     $("title").textContent = config.title;

@@ -1,7 +1,7 @@
 // The museum kiosk: photograph an exhibit, tap a preset question or type one, ask follow-ups about the same
 // photo, and after a quiet spell forget everything so the next visitor sees nothing of the last one.
 import {
-  defaultLang, el, fetchJson, imageDataUrl, kindBadge, loadI18n, newId, setLang, setupLangSwitch,
+  currentLang, defaultLang, el, fetchJson, imageDataUrl, kindBadge, loadI18n, newId, setLang, setupLangSwitch,
   streamChat, t, urlToken,
 } from "./common.js";
 
@@ -11,7 +11,7 @@ const authHeaders = token ? { Authorization: `Bearer ${token}` } : {};
 // The warning shows this long before the reset (or for the last third of a short idle time).
 const WARNING_MS = 10_000;
 
-let config = { title: "", presets: [], idle_seconds: 90, max_turns: 6 };
+let config = { title: "", presets: [], title_en: "", presets_en: [], idle_seconds: 90, max_turns: 6 };
 let visit = freshVisit();
 let idleTimer = null;
 let warningTimer = null;
@@ -48,10 +48,17 @@ function renderTurns() {
   }
 }
 
-function renderPresets() {
+/** The heading and preset questions in the visitor's language ([kiosk] title_en / presets_en in English). */
+function renderWelcome() {
+  const english = currentLang() === "en";
+  const title = english && config.title_en ? config.title_en : config.title;
+  const presets = english && config.presets_en?.length ? config.presets_en : config.presets;
+  $("title").textContent = title;
+  document.title = title || document.title;
   $("presets").replaceChildren(
-    ...config.presets.map((text) => el("button", { type: "button", text, onclick: () => ask(text) })),
+    ...presets.map((text) => el("button", { type: "button", text, onclick: () => ask(text) })),
   );
+  renderTurns(); // the new buttons follow the turn limit too
 }
 
 // ---- the photo -------------------------------------------------------------------------------------
@@ -173,7 +180,7 @@ function reset() {
     setLang(defaultLang(), { remember: false });
     refreshLangLabel();
   }
-  renderTurns();
+  renderWelcome();
   window.scrollTo(0, 0);
   armIdleTimers();
 }
@@ -183,16 +190,13 @@ function reset() {
 async function main() {
   // A kiosk always greets a new visitor in the default language, whatever the last one chose.
   await loadI18n({ useSaved: false });
-  refreshLangLabel = setupLangSwitch($("lang"), renderTurns, { remember: false });
+  refreshLangLabel = setupLangSwitch($("lang"), renderWelcome, { remember: false });
   try {
     config = await fetchJson("/api/config/kiosk", { headers: authHeaders });
   } catch (err) {
     showError(err.message);
   }
-  $("title").textContent = config.title;
-  document.title = config.title || document.title;
-  renderPresets();
-  renderTurns();
+  renderWelcome();
   $("camera").addEventListener("change", () => choosePhoto($("camera").files[0]));
   $("free").addEventListener("submit", (e) => {
     e.preventDefault();
