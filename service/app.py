@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from db.sessions import SessionStore
 from db.store import Store
+from db.users import UserStore
 from service.config import Config
 from service.errors import StartupError
 from service.http.auth import Auth
@@ -82,7 +83,10 @@ class App:
         if self._http is None:
             http = self.config.http
             sessions = SessionStore(self.store)
-            auth = Auth(http.api_key.get_secret_value(), sessions, session_hours=http.session_hours)
+            users = UserStore(self.store)
+            auth = Auth(
+                http.api_key.get_secret_value(), sessions, session_hours=http.session_hours, users=users
+            )
             self._http = HttpContext(
                 config=self.config,
                 store=self.store,

@@ -448,7 +448,7 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
     ),
     # Accounts, roles, operations and the audit log (service/http/auth.py, users_api.py, ops_api.py)
     "api_role_refused": (
-        "需要{role}权限才能执行此操作（当前账号为{have}）",
+        "需要 {role} 角色才能执行此操作（当前账号为 {have}）",
         "this needs the {role} role (this account is a {have})",
     ),
     "account_bad_name": (
@@ -782,6 +782,26 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
         "使用访问密钥登录时，用户名留空，在密码栏填写密钥",
         "To log in with the access key, leave the name empty and type the key as the password",
     ),
+    "ui_watches_title": ("监视文件夹", "Watched folders"),
+    "ui_watch_name": ("名称", "Name"),
+    "ui_watch_queued": ("排队", "Queued"),
+    "ui_watch_running": ("处理中", "Running"),
+    "ui_watch_done": ("完成", "Done"),
+    "ui_watch_failed": ("失败", "Failed"),
+    "ui_watch_rate": ("每分钟完成", "Done per minute"),
+    "ui_watch_left": ("预计剩余", "Time left"),
+    "ui_watch_left_unknown": ("未知", "unknown"),
+    "ui_watch_left_seconds": ("约 {n} 秒", "about {n} s"),
+    "ui_watch_left_minutes": ("约 {n} 分钟", "about {n} min"),
+    "ui_watch_left_hours": ("约 {n} 小时", "about {n} h"),
+    "ui_backlog_running": ("积压任务正在处理", "The backlog is running"),
+    "ui_backlog_paused_by": (
+        "积压任务已由 {by} 暂停；交互式提问照常回答",
+        "The backlog was paused by {by}; questions people ask are still answered",
+    ),
+    "ui_backlog_paused_short": ("已暂停", "paused"),
+    "ui_backlog_pause": ("暂停积压任务", "Pause the backlog"),
+    "ui_backlog_resume": ("恢复积压任务", "Resume the backlog"),
     "ui_login_submit": ("登录", "Log in"),
     "ui_login_wrong": ("用户名或密码不正确，请重试", "wrong name or password; please try again"),
     "ui_login_throttled": (

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from db.models import Job, utcnow
 from service.backends.base import Answer, Backend
+from service.backlog import BacklogPause
 from service.dispatch import Dispatcher
 from service.errors import OutOfMemoryError, PermanentError, StorageUnavailable, TransientError, TuwenError
 from service.events import Priority
@@ -46,6 +47,7 @@ class WorkerRun:
         self.supervisor: Supervisor | None = None
         self.backend: Backend | None = None
         self.claimed: set[int] = set()
+        self.backlog = BacklogPause(owner.store)
         # Jobs inside the backend now, with when each went in (several at once with a concurrent remote).
         self._holding: dict[int, tuple[Job, float]] = {}
         self._holding_lock = threading.Lock()
@@ -175,6 +177,8 @@ class WorkerRun:
                 return  # another process (`tuwen ask` beside us, another node) wrote to the queue
 
     def _idle_timeout(self) -> float:
+        if self.backlog.paused():
+            return IDLE_SECONDS  # due backlog jobs wait; a question wakes the worker through the queue
         due = self.owner.store.next_due_time()
         if due is None:
             return IDLE_SECONDS
@@ -183,9 +187,17 @@ class WorkerRun:
     # -- one round -------------------------------------------------------------------------------
 
     def claim(self, limit: int | None = None, priorities: tuple[int, int] | None = None) -> list[Job]:
-        """Up to a batch (or `limit`) of due jobs, in a range of priorities if given, now ours."""
+        """Up to a batch (or `limit`) of due jobs, in a range of priorities if given, now ours.
+
+        While the backlog is paused (`service/backlog.py`) the range leaves out backlog priorities; a
+        one-shot run (`only_uids`: the jobs of the `tuwen batch` someone just started alone) is not held.
+        """
         owner = self.owner
         only = owner.only_uids
+        if only is None:
+            claim_any, priorities = self.backlog.claim_range(priorities)
+            if not claim_any:
+                return []
         jobs = owner.store.claim(
             limit or owner.batch_size,
             uids=sorted(only) if only is not None else None,
