@@ -27,8 +27,9 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from db.audit import Action, AuditLog
+from db.models import User
 from db.users import name_key
-from service.http.auth import SESSION_COOKIE, Scope, forgery, same_origin
+from service.http.auth import SESSION_COOKIE, Auth, Scope, forgery, same_origin
 from service.http.context import HttpContext
 from service.http.errors import ApiError
 from service.http.pages import page_response
@@ -58,6 +59,36 @@ def client_address(request: Request) -> str:
     """The peer's address as the server sees it (behind a proxy: the proxy's, unless uvicorn is told to
     trust its forwarded headers)."""
     return request.client.host if request.client else ""
+
+
+async def _check(
+    auth: Auth, throttle: LoginThrottle, name: str, secret: str, who: tuple[str, str]
+) -> tuple[bool, User | None]:
+    """(whether the name and password, or the key, are right; the account). Wrong tries are counted."""
+    if not name:
+        ok = auth.key_set and auth.is_key(secret)
+        if not ok:
+            throttle.failed(*who)
+        return ok, None
+    throttle.failed(*who)  # counted now (the hash takes a while); taken back if the password is right
+    user = await run_in_threadpool(auth.check_account, name, secret)
+    if user is not None:
+        throttle.forgive(*who)
+    return user is not None, user
+
+
+def _signed_in(request: Request, auth: Auth, cookie: str) -> Response:
+    response = RedirectResponse("/", status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        cookie,
+        max_age=int(auth.session_lifetime.total_seconds()),
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return response
 
 
 def build_router(ctx: HttpContext) -> APIRouter:
@@ -100,34 +131,14 @@ def build_router(ctx: HttpContext) -> APIRouter:
         if wait is not None:
             attrs, headers = form_attrs(login="throttled", retry=str(wait)), {"Retry-After": str(wait)}
             return page_response("login.html", status=429, body_attrs=attrs, headers=headers)
-        user = None
-        if name:
-            throttle.failed(address, account)  # counted now; taken back below if the password is right
-            user = await run_in_threadpool(auth.check_account, name, secret)
-            if user is not None:
-                throttle.forgive(address, account)
-            ok = user is not None
-        else:
-            ok = auth.key_set and auth.is_key(secret)
-            if not ok:
-                throttle.failed(address, account)
+        ok, user = await _check(auth, throttle, name, secret, (address, account))
         if not ok:
             if throttle.retry_after(address, account) is not None:  # this try filled the window
                 await run_in_threadpool(_record_lockout, name or KEY_ACCOUNT, address)
             await asyncio.sleep(LOGIN_FAIL_DELAY)
             return page_response("login.html", status=401, body_attrs=form_attrs(login="wrong"))
         cookie = await run_in_threadpool(auth.start_session, address, user)
-        response = RedirectResponse("/", status_code=303)
-        response.set_cookie(
-            SESSION_COOKIE,
-            cookie,
-            max_age=int(auth.session_lifetime.total_seconds()),
-            httponly=True,
-            samesite="lax",
-            secure=request.url.scheme == "https",
-            path="/",
-        )
-        return response
+        return _signed_in(request, auth, cookie)
 
     def _record_lockout(name: str, address: str) -> None:
         details = {"limit": throttle.limit, "window_seconds": throttle.window}
