@@ -31,10 +31,12 @@ class DeliveryStore:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def create(self, webhook: str, url: str, event: str, job_id: int | None, body: str) -> WebhookDelivery:
-        """A new pending delivery; returns the row."""
+    def create(
+        self, webhook: str, url: str, event: str, job_id: int | None, body: str, delivery_id: str = ""
+    ) -> WebhookDelivery:
+        """A new pending delivery (`body` is the exact text to send); returns the row."""
         row = WebhookDelivery(
-            delivery_id=secrets.token_hex(16),
+            delivery_id=delivery_id or secrets.token_hex(16),
             webhook=webhook[:64],
             url=url,
             event=event,

@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             config.wecom.token,
             config.wecom.encoding_aes_key,
             config.wechat.token,
+            *(hook.secret for hook in config.webhook),
         )
     ]
     setup_logging(getattr(args, "log_level", None) or config.logging.level, secrets)
