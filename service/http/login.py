@@ -14,7 +14,9 @@
 
 The login form needs no CSRF token (nothing authenticates it but what is typed), but with named accounts
 another site could log a visitor into the attacker's own account and have their reviews recorded under it:
-a login whose `Origin` is another site's is refused. An unknown name costs the same time as a wrong password.
+a login whose `Origin` is another site's (or `null`) is refused; the login page is served with
+`Referrer-Policy: same-origin` so that its own form sends its real origin. An unknown name costs the same
+time as a wrong password.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from service.messages import msg
 
 LOGIN_FAIL_DELAY = 0.5  # seconds; slows guessing without bothering a person who mistyped
 FORM_MAX_BODY = 4096  # bytes; the forms have two fields
+# The pages send no Referer at all, which makes a browser send `Origin: null` with a form POST; the login
+# page sends its own origin to itself (and still nothing to other sites), so the check above can tell.
+LOGIN_HEADERS = {"Referrer-Policy": "same-origin"}
 KEY_ACCOUNT = "key"  # the throttle's account for the single-key login (named accounts: "user:<name key>")
 
 
@@ -106,7 +111,7 @@ def build_router(ctx: HttpContext) -> APIRouter:
         """The login form (or straight to / when nothing is needed or the session is already valid)."""
         if not auth.enabled or auth.allows(request, Scope.FULL):
             return RedirectResponse("/", status_code=303)
-        return page_response("login.html", body_attrs=form_attrs())
+        return page_response("login.html", body_attrs=form_attrs(), headers=LOGIN_HEADERS)
 
     def form_attrs(**extra: str) -> dict[str, str]:
         # Which ways in exist, so the page shows the name field only when there are accounts.
@@ -129,14 +134,16 @@ def build_router(ctx: HttpContext) -> APIRouter:
         # before the first of them is counted.
         wait = throttle.retry_after(address, account)
         if wait is not None:
-            attrs, headers = form_attrs(login="throttled", retry=str(wait)), {"Retry-After": str(wait)}
+            attrs = form_attrs(login="throttled", retry=str(wait))
+            headers = {**LOGIN_HEADERS, "Retry-After": str(wait)}
             return page_response("login.html", status=429, body_attrs=attrs, headers=headers)
         ok, user = await _check(auth, throttle, name, secret, (address, account))
         if not ok:
             if throttle.retry_after(address, account) is not None:  # this try filled the window
                 await run_in_threadpool(_record_lockout, name or KEY_ACCOUNT, address)
             await asyncio.sleep(LOGIN_FAIL_DELAY)
-            return page_response("login.html", status=401, body_attrs=form_attrs(login="wrong"))
+            attrs = form_attrs(login="wrong")
+            return page_response("login.html", status=401, body_attrs=attrs, headers=LOGIN_HEADERS)
         cookie = await run_in_threadpool(auth.start_session, address, user)
         return _signed_in(request, auth, cookie)
 
