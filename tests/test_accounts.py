@@ -332,6 +332,52 @@ def test_the_audit_log_is_paged_newest_first_and_exported_as_csv(service: Servic
     assert any(row[2].startswith("cli:") for row in rows[1:])
 
 
+# -- the pages --------------------------------------------------------------------------------------------
+
+
+def open_as(browser: Any, service: Service, name: str) -> tuple[Any, list[str]]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(service.live.base_url + "/login")
+    page.wait_for_selector("body.ready")
+    page.fill("#username", name)
+    page.fill("#password", PASSWORDS[name])
+    page.click("button[type=submit]")
+    page.wait_for_selector("body.ready")
+    return page, errors
+
+
+# (account, review tab shown, re-run shown, review buttons on the job page, pause button)
+PAGE_CONTROLS = [
+    ("wang", False, False, False, False),
+    ("li", True, False, True, False),
+    ("zhao", True, True, True, True),
+]
+
+
+@pytest.mark.parametrize(("name", "review_tab", "rerun", "verdicts", "pause"), PAGE_CONTROLS)
+def test_the_pages_show_only_what_the_role_may_use(
+    browser: Any, service: Service, name: str, review_tab: bool, rerun: bool, verdicts: bool, pause: bool
+) -> None:
+    page, errors = open_as(browser, service, name)
+    try:
+        page.goto(service.live.base_url + "/#history")
+        page.wait_for_selector("#watch-rows tr")
+        assert page.locator('[data-tab="review"]').is_visible() is review_tab
+        assert page.locator("#backlog-toggle").is_visible() is pause
+        assert page.locator('#watch-rows tr[data-watch="archive"] td').first.text_content() == "archive"
+        page.goto(f"{service.live.base_url}/jobs/{service.scan_job}")
+        page.wait_for_selector("body.ready")
+        assert page.locator("#rerun").is_visible() is rerun
+        assert (page.locator("#review button").count() > 0) is verdicts
+    finally:
+        page.context.close()
+    assert errors == []
+
+
 # -- the CLI and the throttle -----------------------------------------------------------------------------
 
 
