@@ -134,6 +134,13 @@ def test_a_login_with_name_and_password_carries_the_accounts_role(service: Servi
     assert f'data-role="{ROLES[name]}"' in page
 
 
+def test_an_admin_lists_the_accounts_without_their_hashes(service: Service) -> None:
+    with service.login("zhao") as client:
+        listed = client.get("/api/users").json()["items"]
+    assert {(user["name"], user["role"]) for user in listed} >= {("wang", "viewer"), ("zhao", "admin")}
+    assert all(set(user) == {"name", "role", "created_at", "last_login_at"} for user in listed)
+
+
 def test_a_wrong_password_is_401_and_an_unknown_name_too(service: Service) -> None:
     for name, password in (("wang", "not-it-at-all"), ("nobody", "whatever-123")):
         answer = httpx.post(service.live.base_url + "/login", data={"username": name, "password": password})
@@ -151,6 +158,7 @@ FORBIDDEN = [
     ("li", "get", "/api/audit", None),
     ("li", "get", "/api/audit.csv", None),
     ("li", "get", "/api/webhooks/deliveries", None),
+    ("li", "get", "/api/users", None),
 ]
 
 

@@ -9,7 +9,7 @@
 - `login`      /login, /logout (server-side sessions)
 - `reports_api` GET /api/reports and /reports/NAME/STAMP/FILE (the written reports)
 - `ops_api`    GET /api/me, /api/watches; re-runs; POST /api/backlog/pause|resume (admin)
-- `audit_api`  GET /api/audit, /api/audit.csv, /api/webhooks/deliveries (admin)
+- `audit_api`  GET /api/audit, /api/audit.csv, /api/webhooks/deliveries, /api/users (admin)
 - GET /openapi.json (here: it describes the whole app) behind the key, with the pages' security headers.
   FastAPI's /docs and /redoc pages are off: they load Swagger UI and ReDoc from a third-party CDN, so a
   stranger's script would run on a page of ours while a key sits in it, and a museum LAN may not reach the

@@ -3,6 +3,8 @@
 - GET /api/audit                   `{items, total, page, per_page}`, newest first; `?action=&actor=` filter
 - GET /api/audit.csv               every matching row as CSV (UTF-8 with BOM, times in `[http] timezone`)
 - GET /api/webhooks/deliveries     `{items, total, page, per_page}`, newest first (never a secret)
+- GET /api/users                   `{items: [{name, role, created_at, last_login_at}]}` (accounts are changed
+                                   with `tuwen users` on the server, never over HTTP)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
 from db.models import AuditEntry, Role, WebhookDelivery
+from db.users import UserStore
 from db.webhooks import DeliveryStore
 from service.csvcells import spreadsheet_cell
 from service.http.auth import Scope, require
@@ -66,6 +69,7 @@ def build_router(ctx: HttpContext) -> APIRouter:
     """The admin-only audit and delivery routes."""
     router = APIRouter(dependencies=[Depends(require(ctx.auth, Scope.FULL, role=Role.ADMIN))])
     deliveries = DeliveryStore(ctx.store)
+    users = UserStore(ctx.store)
 
     @router.get("/api/audit")
     def audit(page: str = "1", per_page: str = "50", action: str = "", actor: str = "") -> dict[str, Any]:
@@ -92,6 +96,21 @@ def build_router(ctx: HttpContext) -> APIRouter:
             "total": total,
             "page": number,
             "per_page": size,
+        }
+
+    @router.get("/api/users")
+    def list_users() -> dict[str, Any]:
+        """Every account (never a password hash)."""
+        return {
+            "items": [
+                {
+                    "name": user.name,
+                    "role": user.role,
+                    "created_at": user.created_at.isoformat(),
+                    "last_login_at": user.last_login_at.isoformat() if user.last_login_at else None,
+                }
+                for user in users.all()
+            ]
         }
 
     return router
