@@ -164,3 +164,19 @@ def test_no_log_line_holds_a_secret(hooks: Hooks, caplog: pytest.LogCaptureFixtu
     wait_until(lambda: hooks.good.events().count("job.done") == 2, timeout=20)
     text = "\n".join(record.getMessage() for record in caplog.records)
     assert SECRET not in text and FLAKY_SECRET not in text
+
+
+def test_a_failed_job_is_posted_as_job_failed(hooks: Hooks) -> None:
+    garbage = "data:image/png;base64," + base64.b64encode(b"not an image at all " * 8).decode()
+    content = [{"type": "image_url", "image_url": {"url": garbage}}, {"type": "text", "text": "?"}]
+    refused = httpx.post(
+        hooks.live.base_url + "/v1/chat/completions",
+        json={"model": "tuwen", "messages": [{"role": "user", "content": content}]},
+        headers=BEARER,
+        timeout=60,
+    )
+    assert refused.status_code in (400, 422)
+    wait_until(lambda: "job.failed" in hooks.good.events(), timeout=20)
+    failed = next(item for item in hooks.good.received if item["body"]["event"] == "job.failed")
+    assert failed["body"]["job"]["status"] == "failed" and failed["body"]["job"]["error_code"]
+    assert "job.failed" not in hooks.flaky.events()  # it asked for job.done only
