@@ -9,6 +9,7 @@ import base64
 import csv
 import io
 import json
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -198,6 +199,8 @@ def test_a_review_records_who_gave_it_in_the_job_the_csv_the_sidecar_and_the_aud
     assert row[header.index(next(h for h in header if h.lower().startswith("reviewed by")))] == "li"
     wait_until(lambda: sidecar(service).get("reviewed_by") == "li", timeout=10)
     assert sidecar(service)["correction"] == "民国契约"
+    xmp = (service.inbox / "契约_001.png.xmp").read_text(encoding="utf-8")
+    assert re.search(r"tuwen:ReviewedBy(>|=\")li", xmp), xmp
     with service.bearer() as admin:
         audit = admin.get("/api/audit", params={"action": "job.review"}).json()
     assert audit["items"][0]["actor"] == "li" and audit["items"][0]["target"] == f"job:{job}"
