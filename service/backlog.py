@@ -9,6 +9,7 @@ running finish. `Store.claim` is not changed: the claim is simply given a narrow
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 from db.settings import BACKLOG_PAUSED, SettingsStore
 from db.store import Store
 from service.events import Priority
+
+log = logging.getLogger(f"tuwen.{__name__}")
 
 RECHECK_SECONDS = 1.0
 LOWEST = -1_000_000  # the most urgent priority a claim range starts at
@@ -36,7 +39,10 @@ class BacklogPause:
             checked_at, paused = self._seen
             now = time.monotonic()
             if now - checked_at >= RECHECK_SECONDS:
-                paused = bool(self.settings.value(BACKLOG_PAUSED, False))
+                try:
+                    paused = bool(self.settings.value(BACKLOG_PAUSED, False))
+                except Exception:  # the database cannot be read: keep the last answer (the claim says why)
+                    log.debug("backlog pause unreadable; keeping %s", paused, exc_info=True)
                 self._seen = (now, paused)
             return paused
 
