@@ -9,8 +9,10 @@ so a receiver recomputes the HMAC over the raw bytes it received and compares in
 Nothing here runs on the worker: the queue's listeners only put the event on an in-memory queue; one thread
 of its own writes the delivery row (`db/webhooks.py`, the exact body), sends it, and retries a failure
 (a non-2xx answer, a refused connection, a timeout) with `service.retry.Backoff` until `max_attempts`,
-recording every attempt. Pending rows left by a stop are sent again at the next start. The secrets are
-registered with `service.redact` (the CLI does), and only the signature leaves the process.
+recording every attempt. Pending rows left by a stop are sent again at the next start. One thread sends
+to every receiver in turn, so a receiver that times out delays the others by up to its `timeout_seconds`
+per attempt, never the worker. Only `tuwen serve` sends (`service/app.py` wires it to the queue). The
+secrets are registered with `service.redact` (the CLI does), and only the signature leaves the process.
 """
 
 from __future__ import annotations
