@@ -4,7 +4,9 @@ The flag is the `backlog_paused` setting in the database (`db/settings.py`), so 
 node sharing the database sees it. The worker asks `paused()` before each claim (remembered for
 `RECHECK_SECONDS`, so a busy worker does not read the setting per job) and then claims only priorities up to
 `Priority.CLI`: `Priority.BACKLOG` (watched folders, `tuwen batch`, re-runs of file jobs) waits. Jobs already
-running finish. `Store.claim` is not changed: the claim is simply given a narrower priority range.
+running finish. The worker owns one instance and the HTTP routes set the pause through it, so this process
+sees a pause at its next claim; another process on the same database within `RECHECK_SECONDS`.
+`Store.claim` is not changed: the claim is simply given a narrower priority range.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 from db.models import Job, utcnow
 from service.backends.base import Answer, Backend
-from service.backlog import BacklogPause
 from service.dispatch import Dispatcher
 from service.errors import OutOfMemoryError, PermanentError, StorageUnavailable, TransientError, TuwenError
 from service.events import Priority
@@ -47,7 +46,6 @@ class WorkerRun:
         self.supervisor: Supervisor | None = None
         self.backend: Backend | None = None
         self.claimed: set[int] = set()
-        self.backlog = BacklogPause(owner.store)
         # Jobs inside the backend now, with when each went in (several at once with a concurrent remote).
         self._holding: dict[int, tuple[Job, float]] = {}
         self._holding_lock = threading.Lock()
@@ -177,7 +175,7 @@ class WorkerRun:
                 return  # another process (`tuwen ask` beside us, another node) wrote to the queue
 
     def _idle_timeout(self) -> float:
-        if self.backlog.paused():
+        if self.owner.backlog.paused():
             return IDLE_SECONDS  # due backlog jobs wait; a question wakes the worker through the queue
         due = self.owner.store.next_due_time()
         if due is None:
@@ -195,7 +193,7 @@ class WorkerRun:
         owner = self.owner
         only = owner.only_uids
         if only is None:
-            claim_any, priorities = self.backlog.claim_range(priorities)
+            claim_any, priorities = owner.backlog.claim_range(priorities)
             if not claim_any:
                 return []
         jobs = owner.store.claim(

@@ -23,7 +23,6 @@ from fastapi.responses import JSONResponse
 
 from db.audit import AuditLog
 from service import __version__
-from service.backlog import BacklogPause
 from service.http import (
     audit_api,
     history_api,
@@ -47,7 +46,7 @@ def create_http_app(ctx: HttpContext) -> FastAPI:
     api = FastAPI(title="tuwen 图问", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     install_middleware(api, ctx.config.http)
     ctx.metrics = metrics.Metrics(ctx)
-    ctx.backlog = BacklogPause(ctx.store)
+    ctx.backlog = ctx.worker.backlog  # the worker's own: a pause here is seen by its next claim
     ctx.audit = AuditLog(ctx.store)
     install_error_handlers(api)
 
