@@ -23,6 +23,8 @@ from service.events import Source
 from service.healthcheck import health_command
 from service.logs import setup_logging
 from service.messages import msg
+from service.users_cli import add_parser as add_users_parser
+from service.users_cli import users_command
 
 log = logging.getLogger(f"tuwen.{__name__}")
 
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             config.wecom.token,
             config.wecom.encoding_aes_key,
             config.wechat.token,
+            *(hook.secret for hook in config.webhook),
         )
     ]
     setup_logging(getattr(args, "log_level", None) or config.logging.level, secrets)
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         "report": _report,
         "backup": backup_command,
         "health": health_command,
+        "users": users_command,
     }
     handler = handlers[args.command]
     try:
@@ -115,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     backup = sub.add_parser("backup", parents=[common], help="copy the database safely, even while serving")
     backup.add_argument("dest", help="a file, or a folder for a time-stamped tuwen-*.sqlite3")
     sub.add_parser("health", parents=[common], help="ask the running service's /health; exit 0 if healthy")
+    add_users_parser(sub, common)
     return parser
 
 

@@ -88,7 +88,11 @@ def test_short_terms_of_any_kind_come_from_the_index_and_follow_every_write(stor
 def test_dense_and_sparse_terms_give_what_a_scan_gives_with_totals_and_filters(store: Store) -> None:
     # More than 1 in DENSE jobs hold 合影 (matched by LIKE on the page), few hold 鼎 (through the index).
     jobs = [
-        add(store, answer=("全家合影" if n % 3 else "青铜鼎") if n % 5 else "山水", source="api" if n % 2 else "watch")
+        add(
+            store,
+            answer=("全家合影" if n % 3 else "青铜鼎") if n % 5 else "山水",
+            source="api" if n % 2 else "watch",
+        )
         for n in range(DENSE * 2)
     ]
     expected = {
@@ -104,4 +108,7 @@ def test_dense_and_sparse_terms_give_what_a_scan_gives_with_totals_and_filters(s
         assert ids(store, q) == sorted(want, reverse=True), q
         watch = [i for i in want if store.get(i).source == "watch"]  # type: ignore[union-attr]
         filtered = search_jobs(store, q=q, source="watch", per_page=200)
-        assert (filtered.total, [job.id for job in filtered.items]) == (len(watch), sorted(watch, reverse=True))
+        assert (filtered.total, [job.id for job in filtered.items]) == (
+            len(watch),
+            sorted(watch, reverse=True),
+        )
