@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -300,3 +301,89 @@ class LoginSession(Base):
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (Index("ix_sessions_expires", "expires_at"),)
+
+
+# -- staff accounts, the audit log, service settings and webhook deliveries (migration 0005) ---------------
+
+
+class Role(StrEnum):
+    """What a signed-in person may do; each role may do everything the ones before it may."""
+
+    VIEWER = "viewer"  # history, search, export, reports
+    REVIEWER = "reviewer"  # + review and correct answers
+    ADMIN = "admin"  # + re-run, pause and resume the backlog, accounts, the audit log, webhook deliveries
+
+    def allows(self, needed: Role) -> bool:
+        """Whether this role may do what `needed` may."""
+        order = list(Role)
+        return order.index(self) >= order.index(needed)
+
+
+class User(Base):
+    """A named staff account. `password_hash` is a PHC string: the KDF, its parameters, salt and hash."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    # `db.users.name_key(name)`: what makes two names the same account (case and width folded).
+    name_key: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    password_changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AuditEntry(Base):
+    """Who did what, when: a review, a re-run, a pause, an account change, a login lockout."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str | None] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(512), default="")
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    address: Mapped[str] = mapped_column(String(64), default="")
+
+    __table_args__ = (Index("ix_audit_at", "at"), Index("ix_audit_action", "action", "at"))
+
+
+class Setting(Base):
+    """One service-wide setting changed at run time (the backlog pause), kept across restarts."""
+
+    __tablename__ = "settings"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(128), default="")
+
+
+class WebhookDelivery(Base):
+    """One event POSTed (or to be POSTed) to one `[[webhook]]`; `body` is the exact bytes signed and sent."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[str] = mapped_column(String(32), unique=True)
+    webhook: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    event: Mapped[str] = mapped_column(String(32))
+    job_id: Mapped[int | None] = mapped_column(Integer)
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # db.webhooks.DeliveryStatus
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_deliveries_created", "created_at"),
+    )

@@ -315,8 +315,12 @@ class Store(JobReads):
             self._announce_work(session)
             return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
-    def set_review(self, job_id: int, verdict: str, correction: str | None = None) -> Job | None:
+    def set_review(
+        self, job_id: int, verdict: str, correction: str | None = None, *, reviewed_by: str | None = None
+    ) -> Job | None:
         """Record a person's verdict on a done job; returns the updated job, or None when there is none.
+
+        `reviewed_by` is who gave it (an account name, `api-key`), kept in `jobs.reviewed_by`.
 
         'correct' and 'unreviewed' clear any earlier correction (a verdict of "right as it stands" with a
         different text beside it would be contradictory); 'corrected' needs a non-blank correction. The
@@ -339,6 +343,7 @@ class Store(JobReads):
             job.review_status = verdict
             job.correction = text if verdict == ReviewStatus.CORRECTED else None
             job.reviewed_at = None if verdict == ReviewStatus.UNREVIEWED else utcnow()
+            job.reviewed_by = None if verdict == ReviewStatus.UNREVIEWED else reviewed_by
             return job
 
     def mark_catalogued(self, job_id: int) -> None:

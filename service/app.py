@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from db.sessions import SessionStore
 from db.store import Store
+from db.users import UserStore
 from service.config import Config
 from service.errors import StartupError
 from service.http.auth import Auth
@@ -30,6 +31,7 @@ from service.queue import JobQueue
 from service.retention import RetentionSweeper
 from service.sources import Notifier, Source, collect_notifiers
 from service.supervisor import ComponentStatus
+from service.webhooks import WebhookSender
 from service.worker import ModelWorker
 
 if TYPE_CHECKING:
@@ -75,6 +77,11 @@ class App:
         # Bots that can send unprompted, by platform, for scheduled reports (see service.sources.Notifier).
         self.notifiers: dict[str, Notifier] = collect_notifiers(self.sources)
         self.reports: ReportScheduler | None = None  # while running
+        # Job events POSTed to each [[webhook]] from a thread of its own (never the worker's).
+        self.webhooks = WebhookSender(config.webhook, self.store) if config.webhook else None
+        if self.webhooks is not None:
+            self.queue.add_finished_listener(self.webhooks.on_finished)
+            self.queue.add_updated_listener(self.webhooks.on_updated)
         self._http: HttpContext | None = None
 
     def http_context(self) -> HttpContext:
@@ -82,7 +89,10 @@ class App:
         if self._http is None:
             http = self.config.http
             sessions = SessionStore(self.store)
-            auth = Auth(http.api_key.get_secret_value(), sessions, session_hours=http.session_hours)
+            users = UserStore(self.store)
+            auth = Auth(
+                http.api_key.get_secret_value(), sessions, session_hours=http.session_hours, users=users
+            )
             self._http = HttpContext(
                 config=self.config,
                 store=self.store,
@@ -110,6 +120,8 @@ class App:
         if self.config.report:
             self._start_reports()
         self.retention.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
 
     def _start_reports(self) -> None:
         # Imported here: report rendering pulls in matplotlib, which a service without reports never needs.
@@ -140,6 +152,8 @@ class App:
                 log.exception("stopping %s failed", source.name)
         self._started.clear()
         self.worker.stop(STOP_TIMEOUT_SECONDS)
+        if self.webhooks is not None:
+            self.webhooks.stop()  # after the worker: the last answers' events are queued, pending rows kept
         self.heartbeat.stop()
         self.store.close()
         log.info("stopped cleanly")

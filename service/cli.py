@@ -26,6 +26,8 @@ from service.events import Source
 from service.healthcheck import health_command
 from service.logs import setup_logging
 from service.messages import msg
+from service.users_cli import add_parser as add_users_parser
+from service.users_cli import users_command
 
 log = logging.getLogger(f"tuwen.{__name__}")
 
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             config.wecom.token,
             config.wecom.encoding_aes_key,
             config.wechat.token,
+            *(hook.secret for hook in config.webhook),
         )
     ]
     if database_url := config.storage.database_url.get_secret_value():
@@ -72,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         "backup": backup_command,
         "health": health_command,
         "db": db_command,
+        "users": users_command,
     }
     handler = handlers[args.command]
     try:
@@ -124,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     backup.add_argument("dest", help="a file, or a folder for a time-stamped tuwen-*.sqlite3")
     sub.add_parser("health", parents=[common], help="ask the running service's /health; exit 0 if healthy")
     add_db_parser(sub, common)
+    add_users_parser(sub, common)
     return parser
 
 

@@ -13,10 +13,19 @@ from pydantic import Field, SecretStr, field_validator
 
 from service.config_base import Strict, _ids_as_text, known_timezone
 from service.config_bots import DEFAULT_QUESTION, BotConfig, TelegramConfig, WeChatConfig, WeComConfig
+from service.config_webhooks import WebhookConfig
 from service.cron import cron_trigger
 
 # Re-exported: callers import every table from here.
-__all__ = ["DEFAULT_QUESTION", "BotConfig", "Strict", "TelegramConfig", "WeChatConfig", "WeComConfig"]
+__all__ = [
+    "DEFAULT_QUESTION",
+    "BotConfig",
+    "Strict",
+    "TelegramConfig",
+    "WeChatConfig",
+    "WeComConfig",
+    "WebhookConfig",
+]
 
 # A watched folder's question when its [[watch]] names none (and `tuwen ask` / `tuwen batch` without one).
 DEFAULT_PROMPT = "请用20字以内描述图中场景、人物和时间特征"
@@ -343,6 +352,7 @@ class Config(Strict):
     wecom: WeComConfig = Field(default_factory=WeComConfig)
     watch: list[WatchConfig] = Field(default_factory=list)
     report: list[ReportConfig] = Field(default_factory=list)
+    webhook: list[WebhookConfig] = Field(default_factory=list)
 
     @field_validator("watch")
     @classmethod

@@ -479,6 +479,91 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
         "此请求须以 Content-Type: application/json 发送",
         "this request must be sent with Content-Type: application/json",
     ),
+    # Accounts, roles, operations and the audit log (service/http/auth.py, users_api.py, ops_api.py)
+    "api_role_refused": (
+        "需要 {role} 角色才能执行此操作（当前账号为 {have}）",
+        "this needs the {role} role (this account is a {have})",
+    ),
+    "account_bad_name": (
+        "用户名无效：{name}（1–64 个字母、数字或 . _ - @，不能含空格或冒号）",
+        "invalid user name: {name} (1–64 letters, digits or . _ - @, no spaces or colons)",
+    ),
+    "account_bad_role": (
+        "角色无效：{role}（可用：viewer 查看、reviewer 审核、admin 管理）",
+        "invalid role: {role} (allowed: viewer, reviewer, admin)",
+    ),
+    "account_exists": ("用户 {name} 已存在", "the user {name} exists already"),
+    "account_unknown": ("没有名为 {name} 的用户", "there is no user called {name}"),
+    "account_last_admin": (
+        "不能移除或降级最后一个管理员账号 {name}（可用命令行 tuwen users 处理）",
+        "the last admin account {name} cannot be removed or demoted here (use tuwen users on the server)",
+    ),
+    "password_short": ("密码太短：至少需要 {min} 个字符", "password too short: at least {min} characters"),
+    "password_long": ("密码太长：最多 {max} 个字符", "password too long: at most {max} characters"),
+    "cli_password_prompt": ("{name} 的新密码：", "New password for {name}: "),
+    "cli_password_again": ("再输入一次：", "Again: "),
+    "cli_password_mismatch": (
+        "两次输入的密码不一致，未做任何更改",
+        "the passwords differ; nothing was changed",
+    ),
+    "cli_password_empty_stdin": ("标准输入中没有密码", "no password on standard input"),
+    "cli_user_added": ("已添加用户 {name}（{role}）", "added the user {name} ({role})"),
+    "cli_user_password_set": (
+        "已更改 {name} 的密码；结束了 {sessions} 个登录会话",
+        "changed the password of {name}; {sessions} login session(s) ended",
+    ),
+    "cli_user_role_set": (
+        "{name} 现在是 {role}；结束了 {sessions} 个登录会话",
+        "{name} is now a {role}; {sessions} login session(s) ended",
+    ),
+    "cli_user_removed": (
+        "已删除用户 {name}；结束了 {sessions} 个登录会话",
+        "removed the user {name}; {sessions} login session(s) ended",
+    ),
+    "cli_users_none": ("还没有用户账号", "no user accounts yet"),
+    "cli_users_open": (
+        "注意：既没有用户账号也没有 [http] api_key，网页界面对能访问本机的任何人开放",
+        "note: with no user accounts and no [http] api_key the web UI is open to anyone who can reach it",
+    ),
+    "job_not_finished": (
+        "任务 {job} 仍为 {status}：完成后才能重新运行",
+        "job {job} is still {status}: it can be re-run once it has finished",
+    ),
+    "job_images_gone": (
+        "任务 {job} 的图片已不在：{path}",
+        "the image of job {job} is gone: {path}",
+    ),
+    "job_newer_answer": (
+        "文件 {file} 之后已由任务 {newer} 重新解读：请重新运行该任务",
+        "the file {file} has been answered again since, by job {newer}: re-run that one",
+    ),
+    "rerun_queued": (
+        "已作为任务 {job} 重新排队；任务 {previous} 及其审核原样保留",
+        "queued again as job {job}; job {previous} and its review stay as they are",
+    ),
+    "rerun_correction_kept": (
+        "任务 {previous} 上人工写的更正随新任务保留（review_status 为 corrected），模型的新回答放在旁边：请重新审核",
+        "the correction a person wrote on job {previous} is kept on the new job (review_status corrected), the model's new answer beside it: review it again",
+    ),
+    "note_rerun_of": ("重新运行自任务 {job}", "re-run of job {job}"),
+    "note_correction_kept": (
+        "沿用任务 {job} 中人工写的更正",
+        "the correction a person wrote on job {job} is kept",
+    ),
+    "watch_unknown": ("没有名为 {name} 的监视文件夹", "there is no watch called {name}"),
+    "watch_rerun_busy": (
+        "监视文件夹 {name} 上一次的重新运行仍在排队，请稍后再试",
+        "the previous re-run of the watch {name} is still being queued; try again shortly",
+    ),
+    "watch_rerun_queued": (
+        "监视文件夹 {name}：{count} 个文件重新排队（{which}）；人工写的更正随新任务保留",
+        "watch {name}: {count} file(s) queued again ({which}); corrections people wrote stay with the new jobs",
+    ),
+    "backlog_paused": (
+        "已暂停积压任务（监视文件夹）：正在运行的会完成，新的不再开始；交互式提问照常回答",
+        "the backlog (watched folders) is paused: jobs running now finish, no new ones start; questions people ask are still answered",
+    ),
+    "backlog_resumed": ("已恢复积压任务", "the backlog is running again"),
     # History and review API
     "history_bad_date": (
         "日期格式有误：{name}={value}（应为 YYYY-MM-DD）",
@@ -722,10 +807,36 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
         "accuracy {accuracy} (95% confidence interval {low} to {high})",
     ),
     "ui_stats_no_reviews": ("尚无审核数据", "no reviews yet"),
-    "ui_login_title": ("请输入访问密钥", "Enter the access key"),
+    "ui_login_title": ("请登录", "Please log in"),
     "ui_login_key": ("访问密钥", "Access key"),
+    "ui_login_username": ("用户名", "User name"),
+    "ui_login_password": ("密码", "Password"),
+    "ui_login_key_hint": (
+        "使用访问密钥登录时，用户名留空，在密码栏填写密钥",
+        "To log in with the access key, leave the name empty and type the key as the password",
+    ),
+    "ui_watches_title": ("监视文件夹", "Watched folders"),
+    "ui_watch_name": ("名称", "Name"),
+    "ui_watch_queued": ("排队", "Queued"),
+    "ui_watch_running": ("处理中", "Running"),
+    "ui_watch_done": ("完成", "Done"),
+    "ui_watch_failed": ("失败", "Failed"),
+    "ui_watch_rate": ("每分钟完成", "Done per minute"),
+    "ui_watch_left": ("预计剩余", "Time left"),
+    "ui_watch_left_unknown": ("未知", "unknown"),
+    "ui_watch_left_seconds": ("约 {n} 秒", "about {n} s"),
+    "ui_watch_left_minutes": ("约 {n} 分钟", "about {n} min"),
+    "ui_watch_left_hours": ("约 {n} 小时", "about {n} h"),
+    "ui_backlog_running": ("积压任务正在处理", "The backlog is running"),
+    "ui_backlog_paused_by": (
+        "积压任务已由 {by} 暂停；交互式提问照常回答",
+        "The backlog was paused by {by}; questions people ask are still answered",
+    ),
+    "ui_backlog_paused_short": ("已暂停", "paused"),
+    "ui_backlog_pause": ("暂停积压任务", "Pause the backlog"),
+    "ui_backlog_resume": ("恢复积压任务", "Resume the backlog"),
     "ui_login_submit": ("登录", "Log in"),
-    "ui_login_wrong": ("密钥不正确，请重试", "wrong key; please try again"),
+    "ui_login_wrong": ("用户名或密码不正确，请重试", "wrong name or password; please try again"),
     "ui_login_throttled": (
         "尝试次数过多，请 {seconds} 秒后再试",
         "too many tries; please wait {seconds} s and try again",

@@ -25,6 +25,7 @@ from typing import Any
 
 from db.store import Store
 from service.backends.base import Backend
+from service.backlog import BacklogPause
 from service.config import Config
 from service.logs import job_context
 from service.messages import Message, msg
@@ -69,6 +70,9 @@ class ModelWorker:
         self.jobs_done = 0
         self.restarts = 0
         self.stopping = threading.Event()
+        # One per process, shared with the HTTP routes that pause and resume, so a pause is seen at once here
+        # (other processes on the database see it within `backlog.RECHECK_SECONDS`).
+        self.backlog = BacklogPause(store)
         self.current_run = WorkerRun(self, 0)
         self._watchdog: threading.Thread | None = None
         self._ocr_engine: Any = None

@@ -175,6 +175,8 @@ class WorkerRun:
                 return  # another process (`tuwen ask` beside us, another node) wrote to the queue
 
     def _idle_timeout(self) -> float:
+        if self.owner.backlog.paused():
+            return IDLE_SECONDS  # due backlog jobs wait; a question wakes the worker through the queue
         due = self.owner.store.next_due_time()
         if due is None:
             return IDLE_SECONDS
@@ -183,9 +185,17 @@ class WorkerRun:
     # -- one round -------------------------------------------------------------------------------
 
     def claim(self, limit: int | None = None, priorities: tuple[int, int] | None = None) -> list[Job]:
-        """Up to a batch (or `limit`) of due jobs, in a range of priorities if given, now ours."""
+        """Up to a batch (or `limit`) of due jobs, in a range of priorities if given, now ours.
+
+        While the backlog is paused (`service/backlog.py`) the range leaves out backlog priorities; a
+        one-shot run (`only_uids`: the jobs of the `tuwen batch` someone just started alone) is not held.
+        """
         owner = self.owner
         only = owner.only_uids
+        if only is None:
+            claim_any, priorities = owner.backlog.claim_range(priorities)
+            if not claim_any:
+                return []
         jobs = owner.store.claim(
             limit or owner.batch_size,
             uids=sorted(only) if only is not None else None,

@@ -18,7 +18,7 @@ import pytest
 from pydantic import SecretStr
 
 from bench.render import render_text_image
-from service.config import Config, HttpConfig, ImagesConfig, StorageConfig
+from service.config import Config, HttpConfig, ImagesConfig, StorageConfig, WatchConfig
 from service.http.auth import SESSION_COOKIE, Auth, Scope
 from tests.conftest import InstrumentedBackend
 from tests.live import LiveService, running_service
@@ -62,8 +62,9 @@ def session(tmp_path_factory: pytest.TempPathFactory, ocr_engine: object) -> Ite
         storage=StorageConfig(data_dir=root / "data"),
         http=HttpConfig(enabled=False, api_key=SecretStr(KEY)),
         images=ImagesConfig(),
-        watch=[],
+        watch=[WatchConfig(path=root / "inbox", name="inbox")],
     )
+    (root / "inbox").mkdir()
     with running_service(config, lambda c: InstrumentedBackend(c, ocr_engine)) as live:
         answer = httpx.post(
             live.base_url + "/v1/chat/completions",
@@ -89,6 +90,12 @@ def endpoint(session: Session, name: str) -> tuple[str, dict[str, Any]]:
         return f"/api/jobs/{session.job_id}/review", {"verdict": "correct"}
     if name == "report":
         return "/api/reports/generate", {}
+    if name == "rerun":
+        return f"/api/jobs/{session.job_id}/rerun", {}
+    if name == "watch-rerun":
+        return "/api/watches/inbox/rerun", {"which": "failed"}
+    if name in ("pause", "resume"):
+        return f"/api/backlog/{name}", {}
     return "/api/review/sample", {"n": 5}
 
 
@@ -109,7 +116,7 @@ def send(session: Session, name: str, headers: dict[str, str], content_type: str
     )
 
 
-ENDPOINTS = ["chat", "review", "sample", "report"]
+ENDPOINTS = ["chat", "review", "sample", "report", "rerun", "watch-rerun", "pause", "resume"]
 REFUSED = {
     "no-origin-no-token": ({}, "application/json", "api_csrf_refused"),
     "foreign-origin": ({"Origin": EVIL}, "application/json", "api_csrf_refused"),

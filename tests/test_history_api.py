@@ -159,7 +159,8 @@ def test_a_job_summary_has_the_contract_fields(seeded: Seeded) -> None:
     assert set(item) == {
         "id", "uid", "created_at", "finished_at", "source", "source_ref", "status", "file_name",
         "file_path", "question", "answer", "answer_kind", "ocr_text", "needs_review", "rotation", "notes",
-        "error", "review_status", "correction", "conversation_id", "thumbnail_url", "model", "latency_ms",
+        "error", "review_status", "correction", "reviewed_by", "conversation_id", "thumbnail_url", "model",
+        "latency_ms",
     }  # fmt: skip
     assert item["needs_review"] is False and item["rotation"] == 0 and item["notes"] == []
     assert item["file_name"] == "家谱_张氏.jpg" and item["source_ref"] == "archive"

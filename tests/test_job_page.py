@@ -170,7 +170,7 @@ def page_of(browser: Any, jobs: Jobs) -> Iterator[Callable[[str], Any]]:
     context.set_default_timeout(15_000)
     watched = Watched(context.new_page())
     watched.page.goto(jobs.live.base_url + "/login")
-    watched.page.fill("#key", KEY)
+    watched.page.fill("#password", KEY)
     watched.page.click("button[type=submit]")
     watched.page.wait_for_selector("body.ready")
 

@@ -278,10 +278,10 @@ def test_a_key_protects_the_pages(live: Any, watched: Watched) -> None:
         expect(page).to_have_url(svc.base_url + "/login")
         page.wait_for_selector("body.ready")
         screenshot(page, "login")
-        page.fill("#key", "not-the-key")
+        page.fill("#password", "not-the-key")
         page.click("button[type=submit]")
         expect(page.locator("#wrong")).to_be_visible()
-        page.fill("#key", KEY)
+        page.fill("#password", KEY)
         page.click("button[type=submit]")
         expect(page).to_have_url(svc.base_url + "/")
         page.wait_for_selector("body.ready")
@@ -324,7 +324,7 @@ def test_the_logout_link_asks_first_and_the_login_throttle_explains_itself(
     with live(http={"api_key": SecretStr(KEY)}) as svc:
         page = watched.page
         page.goto(svc.base_url + "/login")
-        page.fill("#key", KEY)
+        page.fill("#password", KEY)
         page.click("button[type=submit]")
         page.wait_for_selector("body.ready")
         confirm = open_page(watched, svc.base_url + "/logout")
@@ -341,7 +341,7 @@ def test_the_logout_link_asks_first_and_the_login_throttle_explains_itself(
 
         with ThreadPoolExecutor(10) as pool:
             assert set(pool.map(wrong_try, range(10))) == {401}
-        page.fill("#key", KEY)
+        page.fill("#password", KEY)
         with page.expect_response(svc.base_url + "/login") as answer:
             page.click("button[type=submit]")
         page.wait_for_selector("body.ready")

@@ -116,7 +116,7 @@ def staff(tmp_path_factory: pytest.TempPathFactory, ocr_engine: object, browser:
         context = browser.new_context()
         page = context.new_page()
         page.goto(live.base_url + "/login")
-        page.fill("#key", KEY)
+        page.fill("#password", KEY)
         page.click("button[type=submit]")
         page.wait_for_selector("body.ready")
         state = context.storage_state()
@@ -155,7 +155,7 @@ def every_page(staff: Staff) -> dict[str, tuple[str, bool, str]]:
         "reports": ("/#reports", True, "#report-default:not(:empty)"),
         "kiosk": (f"/kiosk?token={kiosk}", False, "#presets button"),
         "feed": (f"/feed?token={feed}", False, ".feed-card"),
-        "login": ("/login", False, "#key"),
+        "login": ("/login", False, "#password"),
         "job": (f"/jobs/{staff.ids['scan']}", True, "polygon"),
     }
 

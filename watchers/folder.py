@@ -21,7 +21,16 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
@@ -179,7 +188,9 @@ class FolderWatcher:
         observer: BaseObserver = (
             PollingObserver(timeout=self.watch.poll_interval_seconds) if self.watch.polling else Observer()
         )
-        observer.schedule(_Handler(self), str(self.root), recursive=self.watch.recursive)
+        observer.schedule(
+            _Handler(self), str(self.root), recursive=self.watch.recursive, event_filter=list(_EVENTS)
+        )
         observer.daemon = True
         observer.start()
         self._observer = observer
@@ -332,6 +343,19 @@ class FolderWatcher:
             except Exception:
                 log.exception("%s: the catalogue row of job %s could not be repaired", self.name, job.uid[:8])
         return appended
+
+
+# The events `_Handler` acts on, and so the only ones inotify is asked for. Not "opened" or "closed without
+# writing": each scan is opened twice to be hashed and read and each sidecar once, and those events (two
+# per open) were a good share of the watcher's own time in a large backlog, for nothing.
+_EVENTS = (
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileClosedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+)
 
 
 class _Handler(FileSystemEventHandler):

@@ -19,6 +19,8 @@ from service.queue import JobQueue
 from service.supervisor import ComponentStatus
 
 if TYPE_CHECKING:
+    from db.audit import AuditLog
+    from service.backlog import BacklogPause
     from service.http.feed import FeedHub
     from service.http.metrics import Metrics
     from service.reports.schedule import ReportScheduler
@@ -43,6 +45,9 @@ class HttpContext:
     routers: list[Any] = field(default_factory=list)
     metrics: Metrics = field(init=False)
     feed: FeedHub = field(init=False)
+    # The backlog pause and the audit log (set by `create_http_app`).
+    backlog: BacklogPause = field(init=False)
+    audit: AuditLog = field(init=False)
 
     @property
     def reports(self) -> ReportScheduler | None:

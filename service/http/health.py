@@ -47,6 +47,10 @@ def health_report(app: HttpContext) -> tuple[int, dict[str, Any]]:
     }
     if not storage.available:
         body["storage"]["error"] = storage.reason
+    try:
+        body["backlog_paused"] = app.backlog.paused()
+    except Exception:  # like the counts: /health answers even when the database cannot be read
+        body["backlog_paused"] = None
     if worker.stuck_jobs:
         body["stuck_jobs"] = list(worker.stuck_jobs)
     if worker.error is not None:

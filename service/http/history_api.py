@@ -66,6 +66,7 @@ def job_summary(job: Job) -> dict[str, Any]:
         "error": job.error,
         "review_status": job.review_status or ReviewStatus.UNREVIEWED,
         "correction": job.correction,
+        "reviewed_by": job.reviewed_by,
         "conversation_id": job.conversation_id,
         "thumbnail_url": f"/api/jobs/{job.id}/thumbnail" if job.images else None,
         "model": job.model,
@@ -114,8 +115,8 @@ def build_router(ctx: HttpContext) -> APIRouter:
         per_page: str = "50",
     ) -> dict[str, Any]:
         """Jobs matching the filters, newest first, one page at a time."""
-        page_number = _parse_int("page", page, 1, 1_000_000)
-        size = _parse_int("per_page", per_page, 1, MAX_PER_PAGE)
+        page_number = parse_int("page", page, 1, 1_000_000)
+        size = parse_int("per_page", per_page, 1, MAX_PER_PAGE)
         f = job_filter
         found = search_jobs(
             store, f.q, f.source, f.watch, f.status, f.date_from, f.date_to, f.review, page_number, size
@@ -196,7 +197,7 @@ def _parse_date(name: str, value: str) -> date | None:
         raise ApiError(400, msg("history_bad_date", name=name, value=value), param=name) from None
 
 
-def _parse_int(name: str, value: str, low: int, high: int) -> int:
+def parse_int(name: str, value: str, low: int, high: int) -> int:
     try:
         number = int(value)
     except ValueError:

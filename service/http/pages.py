@@ -10,7 +10,8 @@ The pages are plain HTML files in `static/` with one ES module each and no inlin
 Content-Security-Policy (`script-src 'self'`) can forbid everything else: model output and every other
 server-provided string is untrusted and the scripts only ever put it into the DOM as text. The pages call the
 same public API as any other client (`/v1/chat/completions`, `/api/jobs…`); nothing here answers questions.
-A page opened with a login session carries the session's CSRF token as `<body data-csrf>`, and the scripts
+A page opened with a login session carries the session's CSRF token as `<body data-csrf>` and every staff
+page the caller's role as `<body data-role>` (viewer, reviewer, admin), and the scripts
 send it back in `X-CSRF-Token` with every state-changing call (see `auth.py`). Logging in and out is in
 `login.py`.
 """
@@ -101,7 +102,8 @@ def build_router(ctx: HttpContext) -> APIRouter:
         # People without a session are sent to /login when a key is set.
         if not auth.allows(request, Scope.FULL):
             return RedirectResponse("/login", status_code=303)
-        attrs = {"auth": "on" if auth.enabled else "off", **csrf_attrs(request)}
+        # `data-role` lets the scripts hide what the role cannot use; the API checks it either way.
+        attrs = {"auth": "on" if auth.enabled else "off", **auth.page_attrs(request)}
         return page_response(name, body_attrs=attrs)
 
     @router.get("/", include_in_schema=False)

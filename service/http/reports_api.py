@@ -4,6 +4,7 @@
                                        period first, and each configured report's schedule (next and last run)
 - POST /api/reports/generate           write one report now for any days (default: yesterday in
                                        `[http] timezone`), through the same `write_report` as the scheduler
+                                       (reviewer role)
 - GET /reports/{name}/{stamp}/{file}   one report file
 
 Scheduled runs and `tuwen report` write the same folders, so both are listed. Only what is on disk is
@@ -34,6 +35,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
+from db.models import Role
 from service.http.auth import Scope, require
 from service.http.context import HttpContext
 from service.http.errors import ApiError
@@ -130,7 +132,10 @@ def build_router(ctx: HttpContext) -> APIRouter:
             "default_period": {"date_from": day, "date_to": day, "timezone": timezone},
         }
 
-    @router.post("/api/reports/generate")
+    # Writing a report is more than reading one: a reviewer's (a viewer reads the written ones).
+    @router.post(
+        "/api/reports/generate", dependencies=[Depends(require(ctx.auth, Scope.FULL, role=Role.REVIEWER))]
+    )
     def generate(body: GenerateBody | None = None) -> dict[str, Any]:
         """Write one report now for the given days (yesterday by default), as `tuwen report` would."""
         return {"item": generate_report(ctx, body or GenerateBody())}

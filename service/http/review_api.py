@@ -1,19 +1,22 @@
 """Staff review over JSON (docs/http-contract.md, "History and review"), behind the FULL scope.
 
-- POST /api/jobs/{id}/review      a verdict (and correction); folder jobs get their sidecars rewritten
-- POST /api/review/sample         random unreviewed done jobs
-- GET  /api/review/stats          accuracy of reviewed answers with a Wilson 95 % interval
+- POST /api/jobs/{id}/review      a verdict (and correction), reviewer role; `reviewed_by` is who gave it,
+                                  the audit log gets a `job.review` row; folder jobs get their sidecars
+                                  rewritten (the folder watcher's updated-job listener)
+- POST /api/review/sample         random unreviewed done jobs (reviewer role)
+- GET  /api/review/stats          accuracy of reviewed answers with a Wilson 95 % interval (any role)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
+from db.audit import Action, AuditLog
 from db.history import review_stats, sample_for_review, stats_dict
-from db.models import Job, ReviewStatus
+from db.models import Job, ReviewStatus, Role
 from db.store import ReviewRejected
 from service.http.auth import Scope, require
 from service.http.context import HttpContext
@@ -42,9 +45,11 @@ def build_router(ctx: HttpContext) -> APIRouter:
     """The review routes, bound to the running service."""
     router = APIRouter(dependencies=[Depends(require(ctx.auth, Scope.FULL))])
     store = ctx.store
+    audit = AuditLog(store)
+    reviewer = [Depends(require(ctx.auth, Scope.FULL, role=Role.REVIEWER))]
 
-    @router.post("/api/jobs/{job_id:int}/review")
-    def review_job(job_id: int, body: ReviewBody) -> dict[str, Any]:
+    @router.post("/api/jobs/{job_id:int}/review", dependencies=reviewer)
+    def review_job(job_id: int, body: ReviewBody, request: Request) -> dict[str, Any]:
         """Record a verdict; listeners (the folder watcher) rewrite sidecars with the correction."""
         check_choice("verdict", body.verdict, ReviewStatus.ALL, required=True)
         if body.correction is not None and len(body.correction) > MAX_CORRECTION_CHARS:
@@ -53,16 +58,19 @@ def build_router(ctx: HttpContext) -> APIRouter:
                 msg("review_correction_too_long", length=len(body.correction), limit=MAX_CORRECTION_CHARS),
                 param="correction",
             )
+        actor = ctx.auth.actor(request)
         try:
-            job = store.set_review(job_id, body.verdict, body.correction)
+            job = store.set_review(job_id, body.verdict, body.correction, reviewed_by=actor.reviewer)
         except ReviewRejected as exc:
             raise _review_error(exc, store.get(job_id)) from exc
         if job is None:
             raise ApiError(404, msg("api_not_found", what=f"job {job_id}"))
+        details = {"verdict": body.verdict, "corrected": job.correction is not None}
+        audit.record(actor.name, Action.JOB_REVIEW, f"job:{job_id}", details, role=actor.role)
         ctx.queue.updated(job)
         return job_summary(job)
 
-    @router.post("/api/review/sample")
+    @router.post("/api/review/sample", dependencies=reviewer)
     def review_sample(body: SampleBody | None = None) -> dict[str, Any]:
         """Random done jobs nobody has reviewed yet."""
         n = (body or SampleBody()).n

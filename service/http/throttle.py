@@ -57,6 +57,18 @@ class LoginThrottle:
             for key in keys:
                 self._tries.setdefault(key, deque()).append(now)
 
+    def forgive(self, address: str, account: str) -> None:
+        """Take back the try `failed` counted last for this pair: it turned out right.
+
+        A password check takes a while, so a try is counted before it runs (a burst cannot slip past the
+        limit meanwhile) and taken back when it succeeds; only that one try, so a success wipes nothing else.
+        """
+        with self._lock:
+            for key in _keys(address, account):
+                tries = self._tries.get(key)
+                if tries:
+                    tries.pop()
+
     def _wait(self, key: str, now: float) -> float:
         tries = self._tries.get(key)
         if tries is None:

@@ -76,6 +76,7 @@ def record_for_job(job: Job, tags: tuple[str, ...] = ()) -> SidecarRecord:
     extra: dict[str, object] = {
         "review_status": job.review_status or ReviewStatus.UNREVIEWED,
         "reviewed_at": job.reviewed_at.isoformat() if job.reviewed_at else None,
+        "reviewed_by": job.reviewed_by,
     }
     if job.notes:
         # The code and parameters for programs, the sentence for people reading the file.

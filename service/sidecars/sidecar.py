@@ -204,6 +204,8 @@ def _tuwen_values(record: SidecarRecord) -> dict[str, str]:
         "PromptHash": record.prompt_hash,
         "CreatedAt": record.created_at.isoformat(timespec="seconds"),
         "JobID": record.job_id,
+        # Who reviewed it (an account name or "api-key"), from `jobs.reviewed_by`.
+        "ReviewedBy": str(record.extra.get("reviewed_by") or ""),
         "SHA256": record.sha256,
         "Version": __version__,
     }

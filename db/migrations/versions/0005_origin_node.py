@@ -1,7 +1,7 @@
 """origin node: an interactive job is answered by the node its caller is connected to
 
 Revision ID: 0005_pg
-Revises: 0005 (main's short-term grams; this branch was cut from 0004)
+Revises: 0006 (main's accounts; this branch was cut from 0004, after which main added 0005 and 0006)
 Create Date: 2026-12-02 01:40:00
 
 - `jobs.origin_node`: the `[node] name` that received an interactive job (API, web, kiosk, chat); empty for
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 
 revision = '0005_pg'
-down_revision = '0005'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 

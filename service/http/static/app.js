@@ -3,8 +3,9 @@
 // common.js).
 import {
   applyI18n, button, csrfToken, currentLang, el, fetchJson, formatTime, imageDataUrl, kindBadge, label, loadI18n,
-  newId, reviewBadge, reviewFlag, setupLangSwitch, showError, sourceLabel, streamChat, t, thumbnail,
+  newId, reviewBadge, reviewFlag, roleAllows, setupLangSwitch, showError, sourceLabel, streamChat, t, thumbnail,
 } from "./common.js";
+import { loadWatches, renderWatches, setupWatches } from "./watches.js";
 import { loadReports, renderReports, setupReports } from "./reports.js";
 import { loadStats, openReview, renderReview, setupReview } from "./review.js";
 
@@ -22,7 +23,10 @@ function showTab() {
     if (tab === name) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
-  if (name === "history") loadHistory();
+  if (name === "history") {
+    loadHistory();
+    loadWatches();
+  }
   if (name === "review") loadStats();
   if (name === "reports") loadReports();
 }
@@ -303,12 +307,16 @@ async function main() {
     renderHistory();
     renderReview();
     renderReports();
+    renderWatches();
     applyI18n(document);
   });
+  // A viewer cannot review: the tab is hidden (the API refuses a viewer's review either way).
+  document.querySelector('[data-tab="review"]').hidden = !roleAllows("reviewer");
   setupAsk();
   setupHistory();
   setupReview();
   setupReports();
+  setupWatches();
   window.addEventListener("hashchange", showTab);
   showTab();
   document.body.classList.add("ready");

@@ -137,6 +137,16 @@ export function csrfToken() {
   return document.body.dataset.csrf ?? "";
 }
 
+const ROLES = ["viewer", "reviewer", "admin"];
+
+/**
+ * Whether the page's role (<body data-role>, set by the server) may do what `needed` may. Only for showing
+ * and hiding controls: the API checks the role on every call either way.
+ */
+export function roleAllows(needed) {
+  return ROLES.indexOf(document.body.dataset.role ?? "admin") >= ROLES.indexOf(needed);
+}
+
 /** `options` for fetch() with X-CSRF-Token added to a state-changing call when the page has a session. */
 function withCsrf(options) {
   const method = (options.method ?? "GET").toUpperCase();

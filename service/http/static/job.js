@@ -3,7 +3,7 @@
 // built with `el` (common.js) and SVG elements whose text is set through text nodes, never markup.
 import {
   applyI18n, el, fetchJson, formatTime, kindBadge, label, loadI18n, reviewBadge, reviewFlag, setupLangSwitch,
-  showError, sourceLabel, t,
+  roleAllows, showError, sourceLabel, t,
 } from "./common.js";
 import { reviewControls } from "./review.js";
 
@@ -175,6 +175,8 @@ async function main() {
     applyI18n(document);
   });
   $("rerun").addEventListener("click", rerun);
+  // Controls a role cannot use are hidden; the API refuses them either way.
+  $("rerun").closest("section").hidden = !roleAllows("admin");
   try {
     job = await fetchJson(`/api/jobs/${jobId}`);
   } catch (err) {
@@ -183,7 +185,7 @@ async function main() {
     return;
   }
   render();
-  if (job.status === "done") {
+  if (job.status === "done" && roleAllows("reviewer")) {
     $("review").replaceChildren(
       reviewControls(job, (updated) => {
         job = { ...job, ...updated };
