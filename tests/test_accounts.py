@@ -380,6 +380,12 @@ def test_the_pages_show_only_what_the_role_may_use(
         assert page.locator('[data-tab="review"]').is_visible() is review_tab
         assert page.locator("#backlog-toggle").is_visible() is pause
         assert page.locator('#watch-rows tr[data-watch="archive"] td').first.text_content() == "archive"
+        assert page.locator("#audit").is_visible() is pause  # the audit log: admins only
+        if pause:
+            newest = "fetch('/api/audit?per_page=50').then(r => r.json()).then(b => b.items.length)"
+            logged = page.evaluate(newest)
+            page.wait_for_function(f"document.querySelectorAll('#audit-rows tr').length === {logged}")
+            assert page.locator("#audit-empty").is_visible() is (logged == 0)
         page.goto(f"{service.live.base_url}/jobs/{service.scan_job}")
         page.wait_for_selector("body.ready")
         assert page.locator("#rerun").is_visible() is rerun

@@ -357,3 +357,35 @@ def test_reports_are_generated_on_demand_for_the_named_default_period(
     page.click("#generate button[type=submit]")
     expect(status).to_contain_text("晚于截止日期")
     expect(status).to_have_class(re.compile("error"))
+
+
+def test_a_page_the_reader_flagged_says_check_this_in_history_and_on_its_page(
+    staff: Staff, context_for: Callable[..., Watched]
+) -> None:
+    from sqlalchemy import update
+
+    from db.models import Job
+
+    store = staff.live.app.store
+    flagged = staff.ids["scan"]
+
+    def flag(value: int) -> None:
+        with store.write_session() as session:  # as the OCR reader records a low-confidence line
+            session.execute(update(Job).where(Job.id == flagged).values(needs_review=value))
+
+    flag(1)
+    try:
+        page = open_at(context_for(), staff, "history")
+        # Exactly the jobs the store holds as flagged carry the badge (the reader flags some of its own).
+        want = sorted(j.id for j in store.list_jobs() if j.needs_review)
+        rows = page.locator("#history-rows tr").filter(has=page.locator(".needs-review"))
+        expect(rows).to_have_count(len(want))
+        assert sorted(int(i) for i in rows.evaluate_all("rs => rs.map(r => r.dataset.id)")) == want
+        assert flagged in want
+        badge = page.locator(f'#history-rows tr[data-id="{flagged}"] .needs-review')
+        expect(badge).to_have_text("需核对")
+        assert "置信度" in (badge.get_attribute("title") or "")
+        job_page = open_page(context_for(), staff.url(f"/jobs/{flagged}"))
+        expect(job_page.locator("#badges .needs-review")).to_have_text("需核对")
+    finally:
+        flag(0)

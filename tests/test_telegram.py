@@ -328,3 +328,32 @@ def test_webhook_mode_checks_the_secret_and_feeds_updates(service: Start, telegr
 def test_webhook_mode_without_an_https_url_is_disabled(service: Start, telegram: FakeTelegram) -> None:
     _app, bot = service(mode="webhook", webhook_url="http://plain.example.org/hook", ready=False)
     assert bot.disabled and telegram.calls == []
+
+
+def test_a_crash_in_the_bots_loop_restarts_it_and_it_answers_again(
+    service: Start,
+    telegram: FakeTelegram,
+    scan_bytes: Callable[..., bytes],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_run = TelegramBot._run
+    crashes = {"left": 1}
+
+    async def flaky_run(self: TelegramBot, bot: Any, dispatcher: Any) -> None:
+        if crashes["left"]:
+            crashes["left"] -= 1
+            raise RuntimeError("aiogram fell over")
+        await real_run(self, bot, dispatcher)
+
+    monkeypatch.setattr(TelegramBot, "_run", flaky_run)
+    caplog.set_level(logging.ERROR, logger="tuwen.service.supervisor")
+    _app, bot = service(ready=False)
+    wait_until(bot.ready.is_set, timeout=30)  # the second life, after the supervisor's backoff
+    telegram.add_file("scan-1", scan_bytes())
+    telegram.push(message(caption="写了什么？", photo=photo("scan-1", 30_000)))
+    assert "图问档案馆" in replies(telegram, 1)[0]
+    status = bot.status()
+    assert (status.restarts, status.state) == (1, "running")
+    crashed = [r.getMessage() for r in caplog.records if "crashed" in r.getMessage()]
+    assert crashed and "telegram" in crashed[0]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -208,6 +210,36 @@ def test_a_renamed_scan_takes_its_record_and_sidecars_along(
     jobs = app.store.list_jobs(limit=10)
     assert [j.file_path for j in jobs] == [str(renamed)]
     assert backend_factory.backends[0].requests_answered == 1
+
+
+@pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
+def test_a_staff_xmp_follows_a_renamed_scan_with_what_staff_wrote(
+    make_config, backend_factory, inbox, scan_bytes
+) -> None:  # type: ignore[no-untyped-def]
+    original = inbox / "letter.jpg"
+    original.write_bytes(scan_bytes(["家书一封"]))
+    # A cataloguer's XMP, written by exiftool before tuwen ever saw the scan.
+    staff_xmp = inbox / "letter.jpg.xmp"
+    subprocess.run(
+        ["exiftool", "-q", "-o", str(staff_xmp), "-XMP-dc:Title=王氏家书", "-XMP-xmp:Rating=4"], check=True
+    )
+    app = build_service(make_config(), backend_factory=backend_factory)
+    app.start()
+    wait_until(lambda: _sidecar(original))
+    renamed = inbox / "letter-1952.jpg"
+    original.rename(renamed)
+    wait_until(lambda: _sidecar(renamed))
+    wait_until(lambda: not (inbox / "letter.jpg.json").exists())
+    app.stop()
+    assert not staff_xmp.exists()  # renamed with the scan, not left behind and not deleted
+    read = subprocess.run(
+        ["exiftool", "-j", "-XMP-dc:Title", "-XMP-xmp:Rating", str(inbox / "letter-1952.jpg.xmp")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    (tags,) = json.loads(read.stdout)
+    assert (tags["Title"], tags["Rating"]) == ("王氏家书", 4)
 
 
 def test_a_changed_prompt_answers_again(make_config, backend_factory, inbox, scan_bytes) -> None:  # type: ignore[no-untyped-def]

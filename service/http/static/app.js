@@ -5,6 +5,7 @@ import {
   applyI18n, button, csrfToken, currentLang, el, fetchJson, formatTime, imageDataUrl, kindBadge, label, loadI18n,
   newId, reviewBadge, reviewFlag, roleAllows, setupLangSwitch, showError, sourceLabel, streamChat, t, thumbnail,
 } from "./common.js";
+import { loadAudit, renderAudit } from "./audit.js";
 import { loadWatches, renderWatches, setupWatches } from "./watches.js";
 import { loadReports, renderReports, setupReports } from "./reports.js";
 import { loadStats, openReview, renderReview, setupReview } from "./review.js";
@@ -26,6 +27,7 @@ function showTab() {
   if (name === "history") {
     loadHistory();
     loadWatches();
+    loadAudit();
   }
   if (name === "review") loadStats();
   if (name === "reports") loadReports();
@@ -308,6 +310,7 @@ async function main() {
     renderReview();
     renderReports();
     renderWatches();
+    renderAudit();
     applyI18n(document);
   });
   // A viewer cannot review: the tab is hidden (the API refuses a viewer's review either way).
