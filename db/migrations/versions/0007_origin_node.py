@@ -1,7 +1,7 @@
 """origin node: an interactive job is answered by the node its caller is connected to
 
-Revision ID: 0005_pg
-Revises: 0006 (main's accounts; this branch was cut from 0004, after which main added 0005 and 0006)
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-02 01:40:00
 
 - `jobs.origin_node`: the `[node] name` that received an interactive job (API, web, kiosk, chat); empty for
@@ -14,7 +14,7 @@ from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0005_pg'
+revision = '0007'
 down_revision = '0006'
 branch_labels = None
 depends_on = None
