@@ -18,6 +18,7 @@ import os
 import sys
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
+from typing import Any
 
 from service import redact
 
@@ -62,6 +63,25 @@ class _CaptureJob(logging.Filter):
         return True
 
 
+class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to `sys.stderr` as it is when a record comes, not as it was at setup.
+
+    A stream swapped after setup (a test's capture, a redirect) may be closed by the time a worker thread
+    logs: writing to the old object failed with "I/O operation on closed file" and lost the line.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def setup_logging(level: str = "INFO", secrets: Iterable[str] | None = None) -> None:
     """Configure the root logger once for the CLI and `tuwen serve`."""
     redact.register(secrets or [])
@@ -69,7 +89,7 @@ def setup_logging(level: str = "INFO", secrets: Iterable[str] | None = None) -> 
     fmt = "%(levelname)s %(name)s: %(message)s"
     if not os.environ.get("JOURNAL_STREAM"):
         fmt = "%(asctime)s " + fmt
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     handler.setFormatter(TuwenFormatter(fmt))
     handler.addFilter(_CaptureJob())
     root = logging.getLogger()
