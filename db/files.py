@@ -10,12 +10,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import Table, delete, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from db.models import FileState, Job, JobStatus, WatchedFile, utcnow
 from db.store import Store
 
 _BATCH_ROWS = 1000
+_FILES: Table = WatchedFile.__table__  # type: ignore[assignment]
+# The columns of `uq_files_path`: what makes a row one file.
+_FILE_KEY = ("source", "source_ref", "path")
 
 
 @dataclass(frozen=True)
@@ -81,30 +86,33 @@ class FileStore:
         sha256: str | None,
         job_id: int | None,
     ) -> FileSeen:
-        """Insert or update one file's state (`stat` is size, mtime_ns, ctime_ns, inode)."""
+        """Insert or update one file's state (`stat` is size, mtime_ns, ctime_ns, inode).
+
+        One upsert statement (`INSERT … ON CONFLICT DO UPDATE`, which SQLite and PostgreSQL both have), not
+        a read and an ORM flush: a folder's intake runs this for every new scan, on its one thread.
+        """
         size, mtime_ns, ctime_ns, inode = stat
+        values = {
+            "source": source,
+            "source_ref": source_ref,
+            "path": path,
+            "display_path": display,
+            "size": size,
+            "mtime_ns": mtime_ns,
+            "ctime_ns": ctime_ns,
+            "inode": inode,
+            "sha256": sha256,
+            "job_id": job_id,
+            "state": FileState.PRESENT,
+            "updated_at": utcnow(),
+        }
         with self.store.write_session() as session:
-            row = session.scalars(
-                select(WatchedFile).where(
-                    WatchedFile.source == source,
-                    WatchedFile.source_ref == source_ref,
-                    WatchedFile.path == path,
-                )
-            ).first()
-            if row is None:
-                row = WatchedFile(source=source, source_ref=source_ref, path=path)
-                session.add(row)
-            row.display_path, row.size, row.mtime_ns, row.ctime_ns, row.inode = (
-                display,
-                size,
-                mtime_ns,
-                ctime_ns,
-                inode,
-            )
-            row.sha256, row.job_id, row.state = sha256, job_id, FileState.PRESENT
-            row.updated_at = utcnow()
-            session.flush()
-            return _seen(row)
+            dialect = session.get_bind().dialect.name
+            insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+            statement = insert(_FILES).values(values)
+            changed = {key: statement.excluded[key] for key in values if key not in _FILE_KEY}
+            session.execute(statement.on_conflict_do_update(index_elements=list(_FILE_KEY), set_=changed))
+        return FileSeen(path, size, mtime_ns, ctime_ns, inode, sha256, job_id)
 
     def move(
         self,
