@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import Table, delete, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
 
 from db.models import FileState, Job, JobStatus, WatchedFile, utcnow
 from db.store import Store
@@ -91,6 +92,21 @@ class FileStore:
         One upsert statement (`INSERT … ON CONFLICT DO UPDATE`, which SQLite and PostgreSQL both have), not
         a read and an ORM flush: a folder's intake runs this for every new scan, on its one thread.
         """
+        with self.store.write_session() as session:
+            return self.save_in(session, source, source_ref, path, display, stat, sha256, job_id)
+
+    @staticmethod
+    def save_in(
+        session: Session,
+        source: str,
+        source_ref: str,
+        path: bytes,
+        display: str,
+        stat: tuple[int, int, int, int],
+        sha256: str | None,
+        job_id: int | None,
+    ) -> FileSeen:
+        """`save` inside a write transaction the caller holds (a new scan's job and its file row together)."""
         size, mtime_ns, ctime_ns, inode = stat
         values = {
             "source": source,
@@ -106,12 +122,11 @@ class FileStore:
             "state": FileState.PRESENT,
             "updated_at": utcnow(),
         }
-        with self.store.write_session() as session:
-            dialect = session.get_bind().dialect.name
-            insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-            statement = insert(_FILES).values(values)
-            changed = {key: statement.excluded[key] for key in values if key not in _FILE_KEY}
-            session.execute(statement.on_conflict_do_update(index_elements=list(_FILE_KEY), set_=changed))
+        dialect = session.get_bind().dialect.name
+        insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+        statement = insert(_FILES).values(values)
+        changed = {key: statement.excluded[key] for key in values if key not in _FILE_KEY}
+        session.execute(statement.on_conflict_do_update(index_elements=list(_FILE_KEY), set_=changed))
         return FileSeen(path, size, mtime_ns, ctime_ns, inode, sha256, job_id)
 
     def move(

@@ -16,7 +16,7 @@ import logging
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -178,12 +178,18 @@ class Store(JobReads):
 
     # -- writes ------------------------------------------------------------------------------------
 
-    def add_job(self, **fields: Any) -> Job:
-        """Insert a job row (status queued unless given) and return it."""
+    def add_job(self, *, also: Callable[[Session, Job], object] | None = None, **fields: Any) -> Job:
+        """Insert a job row (status queued unless given) and return it.
+
+        `also` writes more in the same transaction once the row has its id (a scan's `files` row): one
+        commit instead of two, and never a job without the row that says which file it answers.
+        """
         with self._write() as session:
             job = Job(**fields)
             session.add(job)
             session.flush()
+            if also is not None:
+                also(session, job)
             if job.status == JobStatus.QUEUED:
                 self._announce_work(session)
             return job

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import asdict
 from datetime import datetime
+from typing import Any
 
 from db.files import FileSeen, FileStore
 from db.models import Job, JobStatus
@@ -71,11 +72,19 @@ class JobQueue:
         # and only this node claims it (its caller is connected here). None: any worker may (one node).
         self.origin_node: str | None = None
 
-    def submit(self, event: Event, *, dedup: bool = False, on_text: TextListener | None = None) -> Job:
+    def submit(
+        self,
+        event: Event,
+        *,
+        dedup: bool = False,
+        on_text: TextListener | None = None,
+        also: Callable[[Any, Job], object] | None = None,
+    ) -> Job:
         """Persist `event` as a queued job and wake the worker. Returns the new row.
 
         With `dedup`, the worker reuses a previous answer for the same content, prompt and model
-        instead of running the model again (a scan dropped twice, touched or renamed).
+        instead of running the model again (a scan dropped twice, touched or renamed). `also` writes more
+        in the job's own transaction (`Store.add_job`).
         """
         if not self.accepting:
             raise RuntimeError("the queue is shutting down")
@@ -92,6 +101,7 @@ class JobQueue:
                 status=JobStatus.QUEUED,
                 dedup=1 if dedup else 0,
                 origin_node=origin,
+                also=also,
             )
         except BaseException:
             # A job that was never stored must not hold an interactive slot (or a listener) forever.
@@ -289,7 +299,7 @@ def clean_text(text: str) -> str:
     return _LONE_SURROGATE.sub("\ufffd", text)
 
 
-def _row_fields(event: Event, uid: str) -> dict[str, object]:
+def _row_fields(event: Event, uid: str) -> dict[str, Any]:
     """The job row's columns that come from the event (one mapping for queued and refused events)."""
     return _cleaned(_raw_fields(event, uid))
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from service.config import WatchConfig
 from service.errors import PermanentError, StorageUnavailable
@@ -167,8 +168,16 @@ class FileIntake:
             notes=tuple(notes),
             options=GenerationOptions(thinking=self.watch.thinking),
         )
-        job = self.queue.submit(event, dedup=True)
-        self._save(path, st, digest, job.id)
+        raw, saved = os.fsencode(path), []
+
+        def record_file(session: Any, job: Job) -> None:  # the file's row in the job's own transaction
+            shown = display_path(path)
+            saved.append(
+                self.queue.files.save_in(session, SOURCE, self.key, raw, shown, stat_key(st), digest, job.id)
+            )
+
+        self.queue.submit(event, dedup=True, also=record_file)
+        self._remember(raw, saved[0], digest)
 
     def _refuse(self, path: Path, st: os.stat_result, message: Message, digest: str | None) -> None:
         """A failed job for a file refused before the model (history row + failure sidecar), state kept."""
@@ -190,10 +199,13 @@ class FileIntake:
 
     def _save(self, path: Path, st: os.stat_result, digest: str | None, job_id: int | None) -> None:
         raw = os.fsencode(path)
+        seen = self.queue.files.save(SOURCE, self.key, raw, display_path(path), stat_key(st), digest, job_id)
+        self._remember(raw, seen, digest)
+
+    def _remember(self, raw: bytes, seen: FileSeen, digest: str | None) -> None:
         previous = self.states.get(raw)
         if previous is not None and previous.sha256 and previous.sha256 != digest:
             self._by_sha.get(previous.sha256, set()).discard(raw)
-        seen = self.queue.files.save(SOURCE, self.key, raw, display_path(path), stat_key(st), digest, job_id)
         self.states[raw] = seen
         if digest:
             self._by_sha.setdefault(digest, set()).add(raw)
