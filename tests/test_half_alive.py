@@ -116,8 +116,11 @@ def test_batch_beside_a_running_service_interrupted_and_resumed_writes_every_sid
     config, folder = serving
     box = folder / "box"
     box.mkdir()
+    # Enough cards that the running service cannot answer them all between the first answer and the Ctrl-C
+    # (eight were once all done within that moment, and the batch ended by itself).
+    count = 30
     scans = []
-    for index in range(8):
+    for index in range(count):
         path = box / f"card{index}.jpg"
         path.write_bytes(scan_bytes([f"卡片 {index} 号"]))
         scans.append(path)
@@ -145,16 +148,16 @@ def test_batch_beside_a_running_service_interrupted_and_resumed_writes_every_sid
     assert proc.returncode == 130
     assert "Traceback" not in stderr
     assert "再次运行同一命令即可继续" in stderr and "run the same command again" in stderr.lower()
-    assert " 0 of 8" not in stderr  # it says how far it got
+    assert f" 0 of {count}" not in stderr  # it says how far it got
     resumed = _tuwen(config, "batch", str(box), "--sidecars", timeout=120)
     assert resumed.returncode == 0, resumed.stderr
-    assert "done 8, failed 0, of 8" in resumed.stdout
+    assert f"done {count}, failed 0, of {count}" in resumed.stdout
     for scan in scans:  # also those the service answered while nobody was waiting for them
         data = json.loads(scan.with_name(scan.name + ".json").read_text(encoding="utf-8"))
         assert data["status"] == "done" and scan.with_name(scan.name + ".xmp").exists()
     with sqlite3.connect(db) as conn:
         counts = conn.execute("SELECT count(*) FROM jobs WHERE source='batch'").fetchone()[0]
-    assert counts == 8  # nothing answered twice
+    assert counts == count  # nothing answered twice
 
 
 def test_ctrl_c_during_ask_is_one_line(serving, scan_bytes) -> None:  # type: ignore[no-untyped-def]
