@@ -75,6 +75,15 @@ def _tuwen(config: Path, *args: str, timeout: float = 120) -> subprocess.Complet
     )
 
 
+def _ctrl_c_delivered() -> None:
+    """In the child: SIGINT as at a terminal.
+
+    A test run started in the background (`cmd &` in a script) inherits SIGINT ignored, and so did the CLI
+    under test: it finished its work instead of stopping at the Ctrl-C.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def serving(tmp_path: Path):  # type: ignore[no-untyped-def]
     port = _free_port()
@@ -132,6 +141,7 @@ def test_batch_beside_a_running_service_interrupted_and_resumed_writes_every_sid
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=_ctrl_c_delivered,
     )
 
     def done() -> int:
@@ -170,6 +180,7 @@ def test_ctrl_c_during_ask_is_one_line(serving, scan_bytes) -> None:  # type: ig
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_ctrl_c_delivered,
     )
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
