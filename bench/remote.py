@@ -103,9 +103,19 @@ def recorded(db: Path) -> int:
         return 0
 
 
+def queued(db: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            return int(conn.execute("SELECT count(*) FROM jobs WHERE status='queued'").fetchone()[0])
+    except sqlite3.OperationalError:
+        return -1
+
+
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process so far (Linux /proc), all threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    if os.environ.get("BENCH_CPU_SPLIT"):
+        print(f"user {int(fields[11]) / 100:.2f} s, system {int(fields[12]) / 100:.2f} s", file=sys.stderr)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -129,6 +139,8 @@ def backlog_run(
                 os.rename(path, root / "inbox" / path.name)  # a scanner's atomic drop
             db = root / "data" / "tuwen.sqlite3"
             while recorded(db) < scans:
+                if os.environ.get("BENCH_QUEUED"):
+                    print("queued", queued(db), file=sys.stderr)
                 if process.poll() is not None or time.perf_counter() - started > 600:
                     raise SystemExit(f"backlog did not finish:\n{(root / 'serve.log').read_text()[-3000:]}")
                 time.sleep(0.05)
@@ -199,6 +211,7 @@ def _start_profile(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
     # --gil: only the thread holding the GIL, i.e. where the service's Python time goes (not its waits).
     command = [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200"]
     command += [] if os.environ.get("BENCH_ALL_THREADS") else ["--gil"]
+    command += os.environ.get("BENCH_SPY_ARGS", "").split()  # e.g. "--threads --idle" for a closer look
     command += ["--output", str(out)]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -242,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ceiling = None
         if "ceiling" in parts:
-            ceiling = backlog_run(server, 0.0, 64, args.ceiling_scans, args.profile)
+            ceiling = backlog_run(server, 0.0, int(os.environ.get("BENCH_CEILING_C", 64)), args.ceiling_scans, args.profile)
         levels = args.concurrency.split(",") if "backlog" in parts else []
         runs = [backlog_run(server, args.latency, int(c), args.scans) for c in levels]
         interactive = interactive_run(server, args.latency) if "interactive" in parts else None

@@ -7,10 +7,12 @@ renamed, new) is made against that copy and written back here through the store'
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
-from sqlalchemy import Table, delete, select
+from sqlalchemy import Connection, Table, delete, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -43,6 +45,22 @@ class FileSeen:
         while keeping both (cp -p changes ctime; rsync writes a new file and renames it, a new inode).
         """
         return (self.size, self.mtime_ns, self.ctime_ns, self.inode) == (size, mtime_ns, ctime_ns, inode)
+
+
+# What `save_many_in` takes for each file: path bytes, display path, stat key, content hash, job id.
+FileRow = tuple[bytes, str, tuple[int, int, int, int], str | None, int | None]
+
+
+@cache
+def _upsert(dialect: str) -> Any:
+    """`INSERT … ON CONFLICT (source, source_ref, path) DO UPDATE` (SQLite and PostgreSQL both have it)."""
+    statement = (postgresql_insert if dialect == "postgresql" else sqlite_insert)(_FILES)
+    changed = {
+        column.key: statement.excluded[column.key]
+        for column in _FILES.columns
+        if column.key not in _FILE_KEY and not column.primary_key
+    }
+    return statement.on_conflict_do_update(index_elements=list(_FILE_KEY), set_=changed)
 
 
 def _seen(row: WatchedFile) -> FileSeen:
@@ -97,7 +115,7 @@ class FileStore:
 
     @staticmethod
     def save_in(
-        session: Session,
+        session: Session | Connection,
         source: str,
         source_ref: str,
         path: bytes,
@@ -107,27 +125,35 @@ class FileStore:
         job_id: int | None,
     ) -> FileSeen:
         """`save` inside a write transaction the caller holds (a new scan's job and its file row together)."""
-        size, mtime_ns, ctime_ns, inode = stat
-        values = {
-            "source": source,
-            "source_ref": source_ref,
-            "path": path,
-            "display_path": display,
-            "size": size,
-            "mtime_ns": mtime_ns,
-            "ctime_ns": ctime_ns,
-            "inode": inode,
-            "sha256": sha256,
-            "job_id": job_id,
-            "state": FileState.PRESENT,
-            "updated_at": utcnow(),
-        }
-        dialect = session.get_bind().dialect.name
-        insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-        statement = insert(_FILES).values(values)
-        changed = {key: statement.excluded[key] for key in values if key not in _FILE_KEY}
-        session.execute(statement.on_conflict_do_update(index_elements=list(_FILE_KEY), set_=changed))
-        return FileSeen(path, size, mtime_ns, ctime_ns, inode, sha256, job_id)
+        return FileStore.save_many_in(session, source, source_ref, [(path, display, stat, sha256, job_id)])[0]
+
+    @staticmethod
+    def save_many_in(
+        executor: Session | Connection, source: str, source_ref: str, files: Sequence[FileRow]
+    ) -> list[FileSeen]:
+        """Insert or update many files' states in the caller's transaction: one upsert, many rows."""
+        now = utcnow()
+        values = [
+            {
+                "source": source,
+                "source_ref": source_ref,
+                "path": path,
+                "display_path": display,
+                "size": stat[0],
+                "mtime_ns": stat[1],
+                "ctime_ns": stat[2],
+                "inode": stat[3],
+                "sha256": sha256,
+                "job_id": job_id,
+                "state": FileState.PRESENT,
+                "updated_at": now,
+            }
+            for path, display, stat, sha256, job_id in files
+        ]
+        if values:
+            dialect = executor.dialect if isinstance(executor, Connection) else executor.get_bind().dialect
+            executor.execute(_upsert(dialect.name), values)
+        return [FileSeen(path, *stat, sha256, job_id) for path, _, stat, sha256, job_id in files]
 
     def move(
         self,

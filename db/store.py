@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, case, select, text, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, NoResultFound
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.claims import claim_parameters, claim_statement, jobs_of
 from db.engine import POSTGRESQL, database_url, make_engine, psycopg_connect_args, shown, sqlite_path
 from db.faults import storage_fault
+from db.hot_writes import finish_job, insert_jobs
 from db.models import Job, JobStatus, ReviewStatus, utcnow
 from db.notify import CHANNEL, ChangeListener
 from db.reads import MAX_ROW_ID, JobReads
@@ -194,6 +195,22 @@ class Store(JobReads):
                 self._announce_work(session)
             return job
 
+    def add_jobs(
+        self, rows: Sequence[dict[str, Any]], *, also: Callable[[Connection, list[int]], object] | None = None
+    ) -> list[int]:
+        """Insert many queued jobs (each row the same columns) in one transaction; their ids in order.
+
+        A folder's backlog arrives as many settled files at once: one statement and one commit for all of
+        them (db/hot_writes.py), with `also` writing their `files` rows in the same transaction.
+        """
+        with self._write_connection() as connection:
+            ids = insert_jobs(connection, rows)
+            if also is not None:
+                also(connection, ids)
+            if ids:
+                self._announce_work(connection)
+            return ids
+
     def claim(
         self,
         limit: int,
@@ -226,23 +243,21 @@ class Store(JobReads):
 
         With `claim` (the claiming node and attempt count, as the claim returned them) nothing is written
         unless the job is still running under that very claim: a node taken for dead whose answer arrives
-        after another node re-claimed the job must not answer it twice. The row is returned as it stands.
+        after another node re-claimed the job must not answer it twice. The row is returned as it stands
+        (a detached copy). Core statements (db/hot_writes.py): this runs once per answer.
         """
-        with self._write() as session:
-            job = session.get_one(Job, job_id, with_for_update=claim is not None)
-            if claim is not None and (job.status, job.node, job.attempts) != (JobStatus.RUNNING, *claim):
-                log.warning(
-                    "job %d is no longer held by this claim (now %s on %s): this outcome is discarded",
-                    job_id,
-                    job.status,
-                    job.node,
-                )
-                return job
-            for key, value in fields.items():
-                setattr(job, key, value)
-            job.finished_at = fields.get("finished_at", utcnow())
-            job.next_attempt_at = None
-            return job
+        with self._write_connection() as connection:
+            written, job = finish_job(connection, job_id, claim, fields, lock=self.postgresql)
+        if job is None:
+            raise NoResultFound(f"no job {job_id}")
+        if not written:
+            log.warning(
+                "job %d is no longer held by this claim (now %s on %s): this outcome is discarded",
+                job_id,
+                job.status,
+                job.node,
+            )
+        return job
 
     def schedule_retry(
         self,

@@ -6,7 +6,7 @@ which columns, which indexes) stays behind the queue's API.
 
 from __future__ import annotations
 
-from db.files import FileSeen
+from db.files import FileRow, FileSeen
 from db.models import Job, JobStatus, ReviewStatus
 
-__all__ = ["FileSeen", "Job", "JobStatus", "ReviewStatus"]
+__all__ = ["FileRow", "FileSeen", "Job", "JobStatus", "ReviewStatus"]

@@ -114,6 +114,36 @@ class JobQueue:
         self.notify()
         return job
 
+    def submit_backlog(
+        self,
+        events: list[Event],
+        *,
+        dedup: bool = False,
+        also: Callable[[Any, list[int]], object] | None = None,
+    ) -> list[int]:
+        """Persist many backlog events as queued jobs in one transaction (a folder's settled scans).
+
+        Returns the new jobs' ids in the events' order; `also` writes more in the same transaction once
+        they have them (the scans' `files` rows). Interactive events, which someone waits on, use `submit`.
+        """
+        if not self.accepting:
+            raise RuntimeError("the queue is shutting down")
+        rows: list[dict[str, Any]] = []
+        for event in events:
+            if event.priority <= Priority.INTERACTIVE:
+                raise ValueError("submit_backlog takes backlog events only")
+            fields = _row_fields(event, uuid.uuid4().hex)
+            rows.append(
+                {**fields, "status": JobStatus.QUEUED, "dedup": 1 if dedup else 0, "origin_node": None}
+            )
+        ids = self.store.add_jobs(rows, also=also)
+        for row in rows:
+            with job_context(str(row["uid"])):
+                log.info("queued from %s %s (priority %d)", row["source"], row["source_ref"], row["priority"])
+        if ids:
+            self.notify()
+        return ids
+
     def record_refused(self, event: Event, message: Message) -> Job:
         """Record an event refused before it reached the queue (e.g. an undecodable upload) as a failed job.
 

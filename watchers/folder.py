@@ -64,6 +64,8 @@ FOLDER_CHECK_SECONDS = 10.0
 # writes the sidecars and catalogue rows of what they finished (looking back a little, for clock skew).
 ELSEWHERE_SECONDS = 2.0
 ELSEWHERE_OVERLAP = timedelta(seconds=10)
+# Settled files are taken this many at a time: their new jobs are one write transaction (watchers/intake.py).
+TAKE_ROUND = 100
 
 
 class FolderGone(Exception):
@@ -165,24 +167,29 @@ class FolderWatcher:
             clock += tick
 
     def _take_settled(self, stop: threading.Event) -> None:
-        backoff: Backoff | None = None
+        settled = []
         for path, _ in self.tracker.poll():
             st = self.rules.regular_file(path)
-            if st is None or not self.rules.is_candidate(path):
-                continue
+            if st is not None and self.rules.is_candidate(path):
+                settled.append((path, st))
+        backoff: Backoff | None = None
+        for start in range(0, len(settled), TAKE_ROUND):
+            round_ = settled[start : start + TAKE_ROUND]
             while not stop.is_set():
                 try:
-                    self.intake.take(path, st)
+                    self.intake.take_many(round_)
                     if backoff is not None:
                         self.supervisor.mark("running")
                     break
                 except StorageUnavailable as exc:
-                    # Store.health logged it once; this file (and the rest) wait until storage works.
+                    # Store.health logged it once; these files (and the rest) wait until storage works.
                     self.supervisor.mark("unavailable", str(exc.message))
                     backoff = backoff or Backoff(base=1.0, cap=30.0)
                     backoff.wait(stop)
             if stop.is_set():
-                self.tracker.touch(path)  # not taken: the next start's scan finds it
+                for path, _ in settled[start:]:
+                    self.tracker.touch(path)  # not taken: the next start's scan finds them
+                return
 
     def _start_observer(self) -> None:
         observer: BaseObserver = (

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,7 @@ from service.errors import PermanentError, StorageUnavailable
 from service.events import Event, GenerationOptions, Priority, Source
 from service.files import display_path
 from service.images import sha256_file
-from service.jobs import FileSeen, Job, JobStatus
+from service.jobs import FileRow, FileSeen, Job, JobStatus
 from service.messages import Message, msg
 from service.queue import JobQueue, prompt_hash
 from service.sidecars.output import move_sidecars, sidecar_stem, write_sidecars_for_job
@@ -41,6 +44,16 @@ def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
+@dataclass(frozen=True)
+class _NewScan:
+    """A settled file that needs a job, waiting for the rest of its round."""
+
+    path: Path
+    st: os.stat_result
+    digest: str
+    event: Event
+
+
 class FileIntake:
     """Decides, for one watch, what each settled file needs."""
 
@@ -52,6 +65,7 @@ class FileIntake:
         self.limit_bytes = max_file_mb * 1024 * 1024
         self.states: dict[bytes, FileSeen] = {}
         self._by_sha: dict[str, set[bytes]] = {}
+        self._pending: list[_NewScan] = []
 
     def load(self) -> None:
         """Read the watch's recorded file states (one query, at start)."""
@@ -68,8 +82,36 @@ class FileIntake:
 
     def take(self, path: Path, st: os.stat_result) -> None:
         """Handle one settled regular file; storage faults propagate (the caller retries later)."""
+        self.take_many([(path, st)])
+
+    def take_many(self, files: Sequence[tuple[Path, os.stat_result]]) -> None:
+        """Handle settled files; the new scans among them become jobs in one write transaction.
+
+        A backlog settles hundreds of files at once, and one transaction (and one wait for the store's
+        writer) per scan was the spine's ceiling. Storage faults propagate: the caller retries the same
+        files, and those already handled are then unchanged and skipped.
+        """
+        self._pending = []
+        for path, st in files:
+            self._guarded(path, st, self._take)
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
         try:
-            self._take(path, st)
+            self._submit_all(pending)
+        except StorageUnavailable:
+            raise
+        except Exception:
+            log.exception("%s: %d new scans could not be queued together; one by one", self.key, len(pending))
+            for item in pending:
+                self._guarded(item.path, item.st, partial(self._submit_one, item))
+
+    def _guarded(
+        self, path: Path, st: os.stat_result, action: Callable[[Path, os.stat_result], None]
+    ) -> None:
+        """`action(path, st)`; an unexpected error gives the file a failure record instead of a loop."""
+        try:
+            action(path, st)
         except StorageUnavailable:
             raise
         except Exception as exc:
@@ -150,6 +192,7 @@ class FileIntake:
         return False
 
     def _submit(self, path: Path, st: os.stat_result, digest: str) -> None:
+        """A new scan (or new content): queued with the others of this round (`take_many`)."""
         notes: list[dict[str, object]] = []
         stem, shortened = sidecar_stem(path)
         if shortened:
@@ -168,16 +211,28 @@ class FileIntake:
             notes=tuple(notes),
             options=GenerationOptions(thinking=self.watch.thinking),
         )
-        raw, saved = os.fsencode(path), []
+        self._pending.append(_NewScan(path, st, digest, event))
 
-        def record_file(session: Any, job: Job) -> None:  # the file's row in the job's own transaction
-            shown = display_path(path)
-            saved.append(
-                self.queue.files.save_in(session, SOURCE, self.key, raw, shown, stat_key(st), digest, job.id)
-            )
+    def _submit_one(self, scan: _NewScan, _path: Path, _st: os.stat_result) -> None:
+        self._submit_all([scan])
 
-        self.queue.submit(event, dedup=True, also=record_file)
-        self._remember(raw, saved[0], digest)
+    def _submit_all(self, scans: list[_NewScan]) -> None:
+        """The scans' jobs and their `files` rows, all in one transaction (never a job without its row)."""
+        rows: list[FileRow] = [
+            (os.fsencode(s.path), display_path(s.path), stat_key(s.st), s.digest, None) for s in scans
+        ]
+        saved: list[FileSeen] = []
+
+        def record_files(connection: Any, ids: list[int]) -> None:
+            rows[:] = [
+                (raw, shown, key, digest, job_id)
+                for (raw, shown, key, digest, _), job_id in zip(rows, ids, strict=True)
+            ]
+            saved.extend(self.queue.files.save_many_in(connection, SOURCE, self.key, rows))
+
+        self.queue.submit_backlog([s.event for s in scans], dedup=True, also=record_files)
+        for scan, seen in zip(scans, saved, strict=True):
+            self._remember(seen.path, seen, scan.digest)
 
     def _refuse(self, path: Path, st: os.stat_result, message: Message, digest: str | None) -> None:
         """A failed job for a file refused before the model (history row + failure sidecar), state kept."""
