@@ -13,10 +13,11 @@ fold it themselves with the same `search_text_of`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Table, Update, bindparam, insert, select, update
+from sqlalchemy import Connection, RowMapping, Table, Update, bindparam, insert, select, update
 
 from db.claims import RETURNED
 from db.models import SEARCHED_COLUMNS, Job, JobStatus, search_text_of, utcnow
@@ -27,61 +28,114 @@ _SEARCHED = select(*(_jobs.c[name] for name in SEARCHED_COLUMNS), _jobs.c.status
 _SEARCHED = _SEARCHED.add_columns(_jobs.c.attempts).where(_jobs.c.id == bindparam("job_id"))
 
 
-def insert_jobs(connection: Connection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Insert new job rows (each the same columns) in one statement; their ids, in the rows' order."""
-    if not rows:
-        return []
+def job_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """New job rows ready to insert: timestamps and the folded `search_text` (before the writer is taken)."""
     now = utcnow()
     values = []
     for row in rows:
         value = {"created_at": now, "updated_at": now, **row}
         value["search_text"] = search_text_of(value.get(name) for name in SEARCHED_COLUMNS)
         values.append(value)
+    return values
+
+
+def insert_jobs(connection: Connection, values: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Insert `job_rows` (each the same columns) in one statement; their ids, in the rows' order."""
+    if not values:
+        return []
     return [int(job_id) for job_id in connection.execute(_INSERT, values).scalars()]
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """One job's outcome to write: the fields, the claim it must still hold, what the claim saw."""
+
+    job_id: int
+    claim: tuple[str | None, int] | None
+    fields: Mapping[str, Any]
+    # The searched columns as the claimed row had them (question, file name, correction): with them and a
+    # claim, the outcome is one guarded UPDATE instead of a read and an update.
+    known: Mapping[str, Any] | None = None
+
+    def values(self) -> dict[str, Any]:
+        now = utcnow()
+        return {"finished_at": now, **self.fields, "next_attempt_at": None, "updated_at": now}
+
+    def searched(self) -> bool:
+        return any(name in self.fields for name in SEARCHED_COLUMNS)
+
+
+def guarded_update(outcome: Outcome) -> tuple[Update, dict[str, Any]] | None:
+    """The one-statement write of an outcome whose claim and searched columns are known, else None.
+
+    Prepared before the writer is taken: folding the text is the costliest part, and every moment the
+    writer is held, every other outcome waits.
+    """
+    claim, known = outcome.claim, outcome.known
+    if claim is None or known is None:
+        return None
+    values, searched = outcome.values(), outcome.searched()
+    if searched:
+        values["search_text"] = search_text_of(values.get(name, known.get(name)) for name in SEARCHED_COLUMNS)
+    params = {f"v_{name}": value for name, value in values.items()}
+    params.update({f"k_{name}": known.get(name) for name in SEARCHED_COLUMNS})
+    params.update(job_id=outcome.job_id, k_node=claim[0], k_attempts=claim[1])
+    return _update(frozenset(values), searched), params
+
+
 def finish_job(
-    connection: Connection,
-    job_id: int,
-    claim: tuple[str | None, int] | None,
-    fields: Mapping[str, Any],
-    *,
-    lock: bool,
-) -> tuple[bool, Job | None]:
+    connection: Connection, outcome: Outcome, guarded: tuple[Update, dict[str, Any]] | None, *, lock: bool
+) -> tuple[bool, RowMapping | None]:
     """Write a job's outcome; (whether it was written, the row as it stands afterwards).
 
-    With `claim` nothing is written unless the job is still running under that very claim (node, attempts).
-    The searched columns are read first (under `FOR UPDATE` with `lock`, i.e. on PostgreSQL) so the new
-    `search_text` folds the row's own question and file name together with the answer.
+    With a claim nothing is written unless the job is still running under that very claim (node, attempts).
+    `search_text` folds the row's own question and file name together with the answer: by `guarded`
+    (`guarded_update`) when the row still has the columns as known (checked in its WHERE), else read first
+    (under `FOR UPDATE` with `lock`, i.e. on PostgreSQL). A scan renamed while it was answered takes the
+    second way.
     """
+    if guarded is not None:
+        written = connection.execute(*guarded).mappings().first()
+        if written is not None:
+            return True, written
+    job_id, claim = outcome.job_id, outcome.claim
     current = connection.execute(_SEARCHED.with_for_update() if lock else _SEARCHED, {"job_id": job_id})
     row = current.mappings().first()
     if row is None:
         return False, None
     if claim is not None and (row["status"], row["node"], row["attempts"]) != (JobStatus.RUNNING, *claim):
-        return False, _job(connection, job_id)
-    values = dict(fields)
-    values.setdefault("finished_at", utcnow())
-    values.update(next_attempt_at=None, updated_at=utcnow())
-    if any(name in values for name in SEARCHED_COLUMNS):
-        merged = {name: values.get(name, row[name]) for name in SEARCHED_COLUMNS}
-        values["search_text"] = search_text_of(merged[name] for name in SEARCHED_COLUMNS)
+        return False, _row(connection, job_id)
+    values = outcome.values()
+    if outcome.searched():
+        values["search_text"] = search_text_of(values.get(name, row[name]) for name in SEARCHED_COLUMNS)
     params = {f"v_{name}": value for name, value in values.items()}
-    written = connection.execute(_update(frozenset(values)), {"job_id": job_id, **params}).mappings().first()
-    return True, Job(**dict(written)) if written is not None else None
+    return True, connection.execute(
+        _update(frozenset(values)), {"job_id": job_id, **params}
+    ).mappings().first()
 
 
 @cache
-def _update(columns: frozenset[str]) -> Update:
+def _update(columns: frozenset[str], guarded: bool | None = None) -> Update:
     """`UPDATE jobs SET … WHERE id = :job_id RETURNING …` for one set of columns, built once.
 
     A fresh statement per answer spent more time computing its cache key (it returns fifty columns) than
-    SQLite spent running it; an outcome writes one of a handful of column sets.
+    SQLite spent running it; an outcome writes one of a handful of column sets. With `guarded` (not None)
+    only while the claim holds (`k_node`, `k_attempts`), and with True only while the searched columns
+    are as known (`k_question`, …).
     """
+    c = _jobs.c
     values: dict[str, Any] = {name: bindparam(f"v_{name}") for name in sorted(columns)}
-    return update(_jobs).where(_jobs.c.id == bindparam("job_id")).values(values).returning(*RETURNED)
+    where = [c.id == bindparam("job_id")]
+    if guarded is not None:
+        where += [
+            c.status == JobStatus.RUNNING,
+            c.node.is_not_distinct_from(bindparam("k_node")),
+            c.attempts == bindparam("k_attempts"),
+        ]
+    if guarded:
+        where += [c[name].is_not_distinct_from(bindparam(f"k_{name}")) for name in SEARCHED_COLUMNS]
+    return update(_jobs).where(*where).values(values).returning(*RETURNED)
 
 
-def _job(connection: Connection, job_id: int) -> Job | None:
-    row = connection.execute(select(*RETURNED).where(_jobs.c.id == job_id)).mappings().first()
-    return Job(**dict(row)) if row is not None else None
+def _row(connection: Connection, job_id: int) -> RowMapping | None:
+    return connection.execute(select(*RETURNED).where(_jobs.c.id == job_id)).mappings().first()

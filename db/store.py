@@ -29,8 +29,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.claims import claim_parameters, claim_statement, jobs_of
 from db.engine import POSTGRESQL, database_url, make_engine, psycopg_connect_args, shown, sqlite_path
 from db.faults import storage_fault
-from db.hot_writes import finish_job, insert_jobs
-from db.models import Job, JobStatus, ReviewStatus, utcnow
+from db.hot_writes import Outcome, finish_job, guarded_update, insert_jobs, job_rows
+from db.models import SEARCHED_COLUMNS, Job, JobStatus, ReviewStatus, utcnow
 from db.notify import CHANNEL, ChangeListener
 from db.reads import MAX_ROW_ID, JobReads
 from service.messages import msg
@@ -203,8 +203,9 @@ class Store(JobReads):
         A folder's backlog arrives as many settled files at once: one statement and one commit for all of
         them (db/hot_writes.py), with `also` writing their `files` rows in the same transaction.
         """
+        values = job_rows(rows)  # folded before the writer is taken
         with self._write_connection() as connection:
-            ids = insert_jobs(connection, rows)
+            ids = insert_jobs(connection, values)
             if also is not None:
                 also(connection, ids)
             if ids:
@@ -238,18 +239,29 @@ class Store(JobReads):
             rows = connection.execute(self._claims[uids is not None], params).mappings().all()
         return jobs_of(rows)
 
-    def finish(self, job_id: int, *, claim: tuple[str | None, int] | None = None, **fields: Any) -> Job:
+    def finish(
+        self,
+        job_id: int,
+        *,
+        claim: tuple[str | None, int] | None = None,
+        claimed: Job | None = None,
+        **fields: Any,
+    ) -> Job:
         """Record a job's final state (done or failed) with its answer or error.
 
         With `claim` (the claiming node and attempt count, as the claim returned them) nothing is written
         unless the job is still running under that very claim: a node taken for dead whose answer arrives
-        after another node re-claimed the job must not answer it twice. The row is returned as it stands
-        (a detached copy). Core statements (db/hot_writes.py): this runs once per answer.
+        after another node re-claimed the job must not answer it twice. `claimed` (the job as the claim
+        returned it) saves a read. The row is returned as it stands (a detached copy).
         """
+        known = None if claimed is None else {name: getattr(claimed, name) for name in SEARCHED_COLUMNS}
+        outcome = Outcome(job_id, claim, fields, known)
+        guarded = guarded_update(outcome)  # prepared before the writer is taken
         with self._write_connection() as connection:
-            written, job = finish_job(connection, job_id, claim, fields, lock=self.postgresql)
-        if job is None:
+            written, row = finish_job(connection, outcome, guarded, lock=self.postgresql)
+        if row is None:
             raise NoResultFound(f"no job {job_id}")
+        job = Job(**dict(row))
         if not written:
             log.warning(
                 "job %d is no longer held by this claim (now %s on %s): this outcome is discarded",

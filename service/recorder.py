@@ -106,7 +106,8 @@ class Recorder:
             "completion_tokens": sum(a.completion_tokens for a in answers),
             "latency_ms": (time.monotonic() - work.started) * 1000,
         }
-        finished = self.persist(lambda: self.store.finish(job.id, claim=_claim_of(job), **fields))
+        claim = _claim_of(job)
+        finished = self.persist(lambda: self.store.finish(job.id, claim=claim, claimed=job, **fields))
         if finished.status == JobStatus.DONE:
             log.info("done in %.0f ms", finished.latency_ms or 0)
         self._announce(finished)
@@ -118,6 +119,7 @@ class Recorder:
             lambda: self.store.finish(
                 job.id,
                 claim=_claim_of(job),
+                claimed=job,
                 status=JobStatus.FAILED,
                 error=str(message),
                 error_code=message.code,
@@ -164,6 +166,7 @@ class Recorder:
             lambda: self.store.finish(
                 job.id,
                 claim=_claim_of(job),
+                claimed=job,
                 status=JobStatus.DONE,
                 duplicate_of=previous.id,
                 prompt_tokens=0,

@@ -26,7 +26,6 @@ from watchdog.events import (
     DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
-    FileModifiedEvent,
     FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
@@ -354,10 +353,11 @@ class FolderWatcher:
 
 # The events `_Handler` acts on, and so the only ones inotify is asked for. Not "opened" or "closed without
 # writing": each scan is opened twice to be hashed and read and each sidecar once, and those events (two
-# per open) were a good share of the watcher's own time in a large backlog, for nothing.
+# per open) were a good share of the watcher's own time in a large backlog, for nothing. Not "modified"
+# either (one per write call, and "attrib" comes with it): a writer's last write is followed by "closed",
+# and whether a file is still changing is the stability tracker's stat, not the events.
 _EVENTS = (
     FileCreatedEvent,
-    FileModifiedEvent,
     FileMovedEvent,
     FileClosedEvent,
     DirCreatedEvent,
@@ -368,6 +368,7 @@ _EVENTS = (
 class _Handler(FileSystemEventHandler):
     def __init__(self, watcher: FolderWatcher) -> None:
         self.watcher = watcher
+        self.rules = watcher.rules
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory:
@@ -375,6 +376,10 @@ class _Handler(FileSystemEventHandler):
                 # A folder copied or moved in at once: its files may raise no events of their own.
                 self.watcher.request_scan()
             return
-        target = getattr(event, "dest_path", "") or event.src_path
-        if event.event_type in ("created", "modified", "moved", "closed", "attrib"):
-            self.watcher.on_event_path(Path(os.fsdecode(target)))
+        target = os.fsdecode(getattr(event, "dest_path", "") or event.src_path)
+        # Most events in a busy folder are of our own sidecars (three for each): rejected by name alone,
+        # before a Path is built.
+        if event.event_type in ("created", "moved", "closed") and self.rules.named_like_a_scan(
+            target.rpartition(os.sep)[2]
+        ):
+            self.watcher.on_event_path(Path(target))

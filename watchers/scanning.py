@@ -57,6 +57,10 @@ class FolderRules:
             return False
         return self.include.match(parts[-1]) is not None
 
+    def named_like_a_scan(self, name: str) -> bool:
+        """A first look at a file name alone (what `is_candidate` then checks with the whole path)."""
+        return self.include.match(name) is not None and self.ignore.match(name) is None
+
     def descend_into(self, path: Path) -> bool:
         """Whether to walk into the folder `path` (ignored folders such as @eaDir and our output tree not)."""
         if self.watch.output_dir is not None and path == self.watch.output_dir:
