@@ -35,6 +35,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -103,25 +104,16 @@ def recorded(db: Path) -> int:
         return 0
 
 
-def queued(db: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-            return int(conn.execute("SELECT count(*) FROM jobs WHERE status='queued'").fetchone()[0])
-    except sqlite3.OperationalError:
-        return -1
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc), all threads."""
+def process_cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far (Linux /proc), all threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    if os.environ.get("BENCH_CPU_SPLIT"):
-        print(f"user {int(fields[11]) / 100:.2f} s, system {int(fields[12]) / 100:.2f} s", file=sys.stderr)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def backlog_run(
     server: FakeOpenAIServer, latency: float, concurrency: int, scans: int, profile: bool = False
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """One service, one backlog: scans/s, the most requests the server saw at once, and the profile."""
     server.latency, server.max_in_flight = latency, 0
     with tempfile.TemporaryDirectory(prefix="tuwen-remote-") as tmp:
@@ -139,13 +131,11 @@ def backlog_run(
                 os.rename(path, root / "inbox" / path.name)  # a scanner's atomic drop
             db = root / "data" / "tuwen.sqlite3"
             while recorded(db) < scans:
-                if os.environ.get("BENCH_QUEUED"):
-                    print("queued", queued(db), file=sys.stderr)
                 if process.poll() is not None or time.perf_counter() - started > 600:
                     raise SystemExit(f"backlog did not finish:\n{(root / 'serve.log').read_text()[-3000:]}")
                 time.sleep(0.05)
             seconds = time.perf_counter() - started
-            cpu = process_cpu_seconds(process.pid) - cpu_before
+            user, system = (b - a for a, b in zip(cpu_before, process_cpu_seconds(process.pid), strict=True))
             top = _stop_profile(spy, root / "profile.txt") if spy else []
     return {
         "concurrency": concurrency,
@@ -156,7 +146,9 @@ def backlog_run(
         "ideal_per_s": round(concurrency / latency, 1) if latency else None,
         "max_in_flight": server.max_in_flight,
         # The service's own CPU time per job (all its threads): what a job costs whatever else runs.
-        "cpu_ms_per_job": round(cpu / scans * 1000, 2),
+        "cpu_ms_per_job": round((user + system) / scans * 1000, 2),
+        "user_ms_per_job": round(user / scans * 1000, 2),
+        "system_ms_per_job": round(system / scans * 1000, 2),
         "profile": top,
     }
 
@@ -245,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scans", type=int, default=400)
     parser.add_argument("--concurrency", default="8,32,64")
     parser.add_argument("--ceiling-scans", type=int, default=1500)
+    parser.add_argument("--ceiling-concurrency", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=1, help="ceiling runs; the median is reported")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--parts", default="ceiling,backlog,interactive", help="which measurements to run")
     args = parser.parse_args(argv)
@@ -253,9 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     server.record_bodies = False
     server.start()
     try:
-        ceiling = None
+        ceiling: dict[str, Any] | None = None
+        ceilings: list[dict[str, Any]] = []
         if "ceiling" in parts:
-            ceiling = backlog_run(server, 0.0, int(os.environ.get("BENCH_CEILING_C", 64)), args.ceiling_scans, args.profile)
+            ceilings = [
+                backlog_run(server, 0.0, args.ceiling_concurrency, args.ceiling_scans, args.profile)
+                for _ in range(args.repeat)
+            ]
+            ceiling = sorted(ceilings, key=lambda run: float(run["per_s"]))[len(ceilings) // 2]
         levels = args.concurrency.split(",") if "backlog" in parts else []
         runs = [backlog_run(server, args.latency, int(c), args.scans) for c in levels]
         interactive = interactive_run(server, args.latency) if "interactive" in parts else None
@@ -265,19 +264,22 @@ def main(argv: list[str] | None = None) -> int:
     print("| concurrency | latency | scans | seconds | scans/s | ideal | of ideal | max in flight |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for run in runs:
-        share = float(run["per_s"]) / float(run["ideal_per_s"])  # type: ignore[arg-type]
+        share = float(run["per_s"]) / float(run["ideal_per_s"])
         cells = [run["concurrency"], f"{run['latency']} s", run["scans"], run["seconds"], run["per_s"]]
         cells += [run["ideal_per_s"], f"{share:.0%}", run["max_in_flight"]]
         print("| " + " | ".join(str(cell) for cell in cells) + " |")
     if ceiling is not None:
         print(
-            f"\nSpine ceiling (latency 0, concurrency 64, {ceiling['scans']} scans): "
+            f"\nSpine ceiling (latency 0, concurrency {ceiling['concurrency']}, {ceiling['scans']} scans): "
             f"**{ceiling['per_s']} jobs/s** ({ceiling['seconds']} s); the service's own CPU time "
-            f"{ceiling['cpu_ms_per_job']} ms per job."
+            f"{ceiling['cpu_ms_per_job']} ms per job ({ceiling['user_ms_per_job']} user, "
+            f"{ceiling['system_ms_per_job']} system)."
         )
+        if len(ceilings) > 1:
+            print(f"All {len(ceilings)} runs (jobs/s): " + ", ".join(str(run["per_s"]) for run in ceilings))
     if ceiling is not None and ceiling["profile"]:
         print("\nWhere the service's Python time goes (py-spy --gil, inclusive share of samples):\n")
-        for name, share in ceiling["profile"]:  # type: ignore[union-attr]
+        for name, share in ceiling["profile"]:
             print(f"- {share} % `{name}`")
     if interactive is None:
         return 0
