@@ -197,8 +197,9 @@ class Job(Base):
     )
 
 
-# `search_text` cannot be forgotten: every ORM write of a job (the queue's insert, a finished answer, a
-# review, a renamed file) passes through these flush hooks, whichever store does it.
+# `search_text` cannot be forgotten: every ORM write of a job (a review, a renamed file, a refused event)
+# passes through these flush hooks, whichever store does it. The spine's hot writes (new scans in rounds,
+# answers) are Core statements in db/hot_writes.py, which fold with the same `search_text_of`.
 @event.listens_for(Job, "before_insert")
 def _fold_inserted(_mapper: Mapper[Job], _connection: Connection, job: Job) -> None:
     job.search_text = search_text_of(getattr(job, name) for name in SEARCHED_COLUMNS)
