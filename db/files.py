@@ -108,24 +108,10 @@ class FileStore:
         """Insert or update one file's state (`stat` is size, mtime_ns, ctime_ns, inode).
 
         One upsert statement (`INSERT … ON CONFLICT DO UPDATE`, which SQLite and PostgreSQL both have), not
-        a read and an ORM flush: a folder's intake runs this for every new scan, on its one thread.
+        a read and an ORM flush. New scans are saved in rounds with their jobs (`save_many_in`).
         """
         with self.store.write_session() as session:
-            return self.save_in(session, source, source_ref, path, display, stat, sha256, job_id)
-
-    @staticmethod
-    def save_in(
-        session: Session | Connection,
-        source: str,
-        source_ref: str,
-        path: bytes,
-        display: str,
-        stat: tuple[int, int, int, int],
-        sha256: str | None,
-        job_id: int | None,
-    ) -> FileSeen:
-        """`save` inside a write transaction the caller holds (a new scan's job and its file row together)."""
-        return FileStore.save_many_in(session, source, source_ref, [(path, display, stat, sha256, job_id)])[0]
+            return self.save_many_in(session, source, source_ref, [(path, display, stat, sha256, job_id)])[0]
 
     @staticmethod
     def save_many_in(

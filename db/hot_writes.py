@@ -57,12 +57,18 @@ class Outcome:
     # claim, the outcome is one guarded UPDATE instead of a read and an update.
     known: Mapping[str, Any] | None = None
 
-    def values(self) -> dict[str, Any]:
-        now = utcnow()
-        return {"finished_at": now, **self.fields, "next_attempt_at": None, "updated_at": now}
-
     def searched(self) -> bool:
         return any(name in self.fields for name in SEARCHED_COLUMNS)
+
+    def values(self, row: Mapping[Any, Any]) -> dict[str, Any]:
+        """The columns to set, `search_text` folded with `row`'s searched columns where these keep them."""
+        now = utcnow()
+        values = {"finished_at": now, **self.fields, "next_attempt_at": None, "updated_at": now}
+        if self.searched():
+            values["search_text"] = search_text_of(
+                values.get(name, row.get(name)) for name in SEARCHED_COLUMNS
+            )
+        return values
 
 
 def guarded_update(outcome: Outcome) -> tuple[Update, dict[str, Any]] | None:
@@ -74,13 +80,11 @@ def guarded_update(outcome: Outcome) -> tuple[Update, dict[str, Any]] | None:
     claim, known = outcome.claim, outcome.known
     if claim is None or known is None:
         return None
-    values, searched = outcome.values(), outcome.searched()
-    if searched:
-        values["search_text"] = search_text_of(values.get(name, known.get(name)) for name in SEARCHED_COLUMNS)
-    params = {f"v_{name}": value for name, value in values.items()}
+    values = outcome.values(known)
+    params = _set_params(values)
     params.update({f"k_{name}": known.get(name) for name in SEARCHED_COLUMNS})
     params.update(job_id=outcome.job_id, k_node=claim[0], k_attempts=claim[1])
-    return _update(frozenset(values), searched), params
+    return _update(frozenset(values), outcome.searched()), params
 
 
 def finish_job(
@@ -105,13 +109,14 @@ def finish_job(
         return False, None
     if claim is not None and (row["status"], row["node"], row["attempts"]) != (JobStatus.RUNNING, *claim):
         return False, _row(connection, job_id)
-    values = outcome.values()
-    if outcome.searched():
-        values["search_text"] = search_text_of(values.get(name, row[name]) for name in SEARCHED_COLUMNS)
-    params = {f"v_{name}": value for name, value in values.items()}
-    return True, connection.execute(
-        _update(frozenset(values)), {"job_id": job_id, **params}
-    ).mappings().first()
+    values = outcome.values(row)
+    params = {"job_id": job_id, **_set_params(values)}
+    return True, connection.execute(_update(frozenset(values)), params).mappings().first()
+
+
+def _set_params(values: Mapping[str, Any]) -> dict[str, Any]:
+    # `_update`'s SET placeholders: a bound parameter may not share a column's name in an UPDATE.
+    return {f"v_{name}": value for name, value in values.items()}
 
 
 @cache

@@ -218,15 +218,12 @@ class FileIntake:
 
     def _submit_all(self, scans: list[_NewScan]) -> None:
         """The scans' jobs and their `files` rows, all in one transaction (never a job without its row)."""
-        rows: list[FileRow] = [
-            (os.fsencode(s.path), display_path(s.path), stat_key(s.st), s.digest, None) for s in scans
-        ]
         saved: list[FileSeen] = []
 
         def record_files(connection: Any, ids: list[int]) -> None:
-            rows[:] = [
-                (raw, shown, key, digest, job_id)
-                for (raw, shown, key, digest, _), job_id in zip(rows, ids, strict=True)
+            rows: list[FileRow] = [
+                (os.fsencode(s.path), display_path(s.path), stat_key(s.st), s.digest, job_id)
+                for s, job_id in zip(scans, ids, strict=True)
             ]
             saved.extend(self.queue.files.save_many_in(connection, SOURCE, self.key, rows))
 
