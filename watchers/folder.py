@@ -30,7 +30,6 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
@@ -50,6 +49,7 @@ from service.sidecars.output import (
 )
 from service.supervisor import ComponentStatus, Supervisor
 from watchers.intake import SOURCE, FileIntake
+from watchers.native import native_observer
 from watchers.scanning import FolderRules
 from watchers.stability import StabilityTracker
 
@@ -192,7 +192,9 @@ class FolderWatcher:
 
     def _start_observer(self) -> None:
         observer: BaseObserver = (
-            PollingObserver(timeout=self.watch.poll_interval_seconds) if self.watch.polling else Observer()
+            PollingObserver(timeout=self.watch.poll_interval_seconds)
+            if self.watch.polling
+            else native_observer(self.rules.named_like_a_scan)
         )
         observer.schedule(
             _Handler(self), str(self.root), recursive=self.watch.recursive, event_filter=list(_EVENTS)
