@@ -214,22 +214,29 @@ def _tuwen_values(record: SidecarRecord) -> dict[str, str]:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` via a fsynced `.tuwen-tmp` file in the same folder and `os.replace`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     # 50 characters (at most 200 UTF-8 bytes) keep the name under the 255-byte limit for any scan name.
     tmp = path.with_name(f"{path.name[:50]}.{secrets.token_hex(4)}{TMP_SUFFIX}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        fd = os.open(tmp, flags, 0o666)
+    except FileNotFoundError:  # a new output folder: made only then (a mkdir per write was 2 % of a job)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, flags, 0o666)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         with contextlib.suppress(OSError):
             # A replaced sidecar keeps the permissions someone gave it (e.g. group-readable for Immich).
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
 

@@ -43,6 +43,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Literal
 
 TUWEN_NS = "https://tuwen.dev/ns/1.0/"
@@ -60,6 +61,7 @@ STANDARD_PREFIXES: dict[str, str] = {
 }
 
 
+@cache  # a few dozen names, asked for on every sidecar write
 def qname(prefix: str, local: str) -> str:
     """The ElementTree name `{uri}local` of a property with one of the standard prefixes."""
     return "{" + next(u for u, p in STANDARD_PREFIXES.items() if p == prefix) + "}" + local
