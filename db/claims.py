@@ -16,18 +16,26 @@ The rules the statement keeps:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, Update, and_, bindparam, case, func, literal, or_, select, update
+from sqlalchemy.orm import configure_mappers, instrumentation
 
 from db.models import Job, JobStatus
 
 _jobs: Table = Job.__table__  # type: ignore[assignment]
-# What a claim returns: every column the worker and the recorder read (not the deferred search_text).
-RETURNED = tuple(column for column in _jobs.columns if column.key != "search_text")
+# What a claim returns: every column the worker and the recorder read, and `search_text`, which lets the
+# answer's write hand the gram index the tokens it replaces (db/hot_writes.py); not the transient grams.
+RETURNED = tuple(column for column in _jobs.columns if column.key not in ("grams_new", "grams_old"))
 _LOWEST, _HIGHEST = -(2**31), 2**31 - 1
+_MANAGER = instrumentation.manager_of_class(Job)
+
+
+def _new_job() -> Job:
+    configure_mappers()  # once, then a no-op check: an unconfigured mapper has no attribute implementations
+    return _MANAGER.new_instance()  # type: ignore[no-any-return]
 
 
 def claim_statement(postgresql: bool, with_uids: bool) -> Update:
@@ -88,8 +96,20 @@ def claim_parameters(
     return params
 
 
+def detached_job(row: Mapping[Any, Any]) -> Job:
+    """A detached `Job` holding a returned row's columns (callers read it, never re-attach it).
+
+    `Job(**row)` runs the ORM's instrumented constructor, an attribute event per column: 70 µs for the
+    fifty columns a claim returns, twice per job at a backlog's full speed. Filling a new instance's
+    `__dict__` is what the ORM's own loading does: 3 µs.
+    """
+    job: Job = _new_job()
+    job.__dict__.update(row)
+    return job
+
+
 def jobs_of(rows: Sequence[Any]) -> list[Job]:
     """Detached `Job` objects for the claimed rows, oldest first (callers read them, never re-attach)."""
-    jobs = [Job(**dict(row)) for row in rows]
+    jobs = [detached_job(row) for row in rows]
     jobs.sort(key=lambda job: job.id)
     return jobs

@@ -34,15 +34,21 @@ def gram_token(term: str) -> str:
 
 
 def grams(text: str | None) -> str:
-    """The space-separated tokens of every distinct 1- and 2-character substring of `text`."""
+    """The space-separated tokens of every distinct 1- and 2-character substring of `text`, sorted."""
     if not text:
         return ""
-    tokens: set[str] = set()
+    # Called by SQLite for every write of a job (twice for an answer), under the writer: the distinct
+    # substrings first, each character's hex token built once.
+    singles: set[str] = set()
+    pairs: set[str] = set()
     for word in text.split():
-        points = [f"{ord(char):x}" for char in word]
-        tokens.update("x" + point for point in points)
-        tokens.update(f"x{a}x{b}" for a, b in zip(points, points[1:], strict=False))
-    return " ".join(sorted(tokens))
+        singles.update(word)
+        pairs.update(map(str.__add__, word, word[1:]))
+    token = {char: f"x{ord(char):x}" for char in singles}
+    tokens = list(token.values())
+    tokens += [token[pair[0]] + token[pair[1]] for pair in pairs]
+    tokens.sort()
+    return " ".join(tokens)
 
 
 def register(dbapi_connection: Any) -> None:

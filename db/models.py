@@ -183,6 +183,11 @@ class Job(Base):
     # Migration 0005: the node an interactive job was received by (its caller waits there); only that node
     # claims it. Empty for backlog jobs, which any node claims (db/claims.py).
     origin_node: Mapped[str | None] = mapped_column(String(128))
+    # Migration 0008: the gram tokens of the new and of the replaced `search_text`, handed to SQLite's gram
+    # index triggers by the store's hot writes (db/hot_writes.py) and cleared by them in the same statement:
+    # NULL at rest, never read.
+    grams_new: Mapped[str | None] = mapped_column(Text, deferred=True)
+    grams_old: Mapped[str | None] = mapped_column(Text, deferred=True)
 
     __table_args__ = (
         Index("ix_jobs_claim", "status", "priority", "id"),

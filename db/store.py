@@ -26,11 +26,11 @@ from sqlalchemy import Connection, Engine, case, select, text, update
 from sqlalchemy.exc import DBAPIError, NoResultFound
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.claims import claim_parameters, claim_statement, jobs_of
+from db.claims import claim_parameters, claim_statement, detached_job, jobs_of
 from db.engine import POSTGRESQL, database_url, make_engine, psycopg_connect_args, shown, sqlite_path
 from db.faults import storage_fault
-from db.hot_writes import Outcome, finish_job, guarded_update, insert_jobs, job_rows
-from db.models import SEARCHED_COLUMNS, Job, JobStatus, ReviewStatus, utcnow
+from db.hot_writes import Outcome, claimed_row, finish_job, guarded_update, insert_jobs, job_rows
+from db.models import Job, JobStatus, ReviewStatus, utcnow
 from db.notify import CHANNEL, ChangeListener
 from db.reads import MAX_ROW_ID, JobReads
 from service.messages import msg
@@ -203,7 +203,7 @@ class Store(JobReads):
         A folder's backlog arrives as many settled files at once: one statement and one commit for all of
         them (db/hot_writes.py), with `also` writing their `files` rows in the same transaction.
         """
-        values = job_rows(rows)  # folded before the writer is taken
+        values = job_rows(rows, gram_index=not self.postgresql)  # folded before the writer is taken
         with self._write_connection() as connection:
             ids = insert_jobs(connection, values)
             if also is not None:
@@ -254,14 +254,16 @@ class Store(JobReads):
         after another node re-claimed the job must not answer it twice. `claimed` (the job as the claim
         returned it) saves a read. The row is returned as it stands (a detached copy).
         """
-        known = None if claimed is None else {name: getattr(claimed, name) for name in SEARCHED_COLUMNS}
+        known = None if claimed is None else claimed_row(claimed)
         outcome = Outcome(job_id, claim, fields, known)
-        guarded = guarded_update(outcome)  # prepared before the writer is taken
+        guarded = guarded_update(outcome, gram_index=not self.postgresql)  # before the writer is taken
         with self._write_connection() as connection:
             written, row = finish_job(connection, outcome, guarded, lock=self.postgresql)
+        if written and row is None and guarded is not None and known is not None:
+            return detached_job(guarded.row(known))
         if row is None:
             raise NoResultFound(f"no job {job_id}")
-        job = Job(**dict(row))
+        job = detached_job(row)
         if not written:
             log.warning(
                 "job %d is no longer held by this claim (now %s on %s): this outcome is discarded",

@@ -14,10 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
+from db.claims import RETURNED
 from db.files import FileStore
 from db.history import search_jobs
-from db.models import JobStatus
+from db.models import Job, JobStatus
 from db.store import Store
 from service.config import WatchConfig
 from service.events import Event, Priority
@@ -96,6 +98,24 @@ def test_an_answer_is_written_under_its_claim_and_found_by_answer_and_name(store
     assert done.finished_at is not None and done.next_attempt_at is None
     assert [j.id for j in search_jobs(store, q="全家福").items] == [job.id]
     assert [j.id for j in search_jobs(store, q="旧照片").items] == [job.id]  # the name is still searchable
+
+
+def test_the_answered_job_handed_on_is_the_row_as_stored(store: Store) -> None:
+    # The guarded write returns no row: the job the recorder hands to sidecars, webhooks and the feed is
+    # the claimed row with the columns written. It must be what a fresh read of the database gives.
+    job = claimed_job(store)
+    done = store.finish(
+        job.id,
+        claim=(job.node, job.attempts),
+        claimed=job,
+        status=JobStatus.DONE,
+        answer="一张全家福",
+        ocr_lines=[{"text": "全家福", "box": [1, 2, 3, 4], "score": 0.9}],
+        latency_ms=12,
+    )
+    with store.engine.connect() as connection:
+        stored = connection.execute(select(*RETURNED).where(Job.id == job.id)).mappings().one()
+    assert {key: getattr(done, key) for key in stored} == dict(stored)
 
 
 def test_an_answer_whose_claim_was_taken_over_is_discarded(store: Store) -> None:

@@ -47,7 +47,7 @@ def test_migrations_run_on_postgresql_to_the_newest_revision(store: Store) -> No
             row[0] for row in conn.execute(text("SELECT indexname FROM pg_indexes WHERE tablename='jobs'"))
         }
         trgm = conn.execute(text("SELECT count(*) FROM pg_extension WHERE extname='pg_trgm'")).scalar()
-    assert revision == "0007"
+    assert revision == "0008"
     assert {"ix_jobs_search_trgm", "ix_jobs_claim"} <= indexes
     assert trgm == 1
     assert {"jobs", "files", "nodes", "sessions"} <= set(inspect(store.engine).get_table_names())

@@ -3,6 +3,7 @@ the index answers, follows every write, agrees with a plain scan, and counts wit
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,8 @@ from db.history import search_jobs
 from db.models import Job
 from db.search import DENSE
 from db.store import Store
+from service.events import Event, Priority
+from service.queue import JobQueue
 
 
 @pytest.fixture
@@ -112,3 +115,74 @@ def test_dense_and_sparse_terms_give_what_a_scan_gives_with_totals_and_filters(s
             len(watch),
             sorted(watch, reverse=True),
         )
+
+
+def reference_grams(text: str | None) -> str:
+    """The tokens as migration 0005 defined them: a contentless index must keep getting exactly these."""
+    tokens: set[str] = set()
+    for word in (text or "").split():
+        points = [f"{ord(char):x}" for char in word]
+        tokens.update("x" + point for point in points)
+        tokens.update(f"x{a}x{b}" for a, b in zip(points, points[1:], strict=False))
+    return " ".join(sorted(tokens))
+
+
+def test_the_tokens_are_exactly_those_the_index_was_built_with() -> None:
+    rnd = random.Random(7)
+    alphabet = [*"abc 123 .\t\n", "合", "影", "鼎", "縣", "\u3000", "\u00a0", "\u0301", "\U0001f600", "☺"]
+    texts = ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 40))) for _ in range(2000)]
+    assert [grams(t) for t in texts] == [reference_grams(t) for t in texts]
+
+
+def test_the_spines_own_writes_hand_the_index_its_tokens_and_leave_it_exact(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The function the triggers call, counted: the hot writes (a round of scans, answers under their
+    # claims) must not call back into Python from inside SQLite (migration 0008).
+    calls: list[str | None] = []
+    monkeypatch.setattr("db.grams.grams", lambda text: calls.append(text) or reference_grams(text))
+    hot = Store(store.path)  # its connections register the counted function
+    queue = JobQueue(hot)
+    names = ["合影-001.png", "鼎-002.png", "山水-003.png"]
+    events = [
+        Event(source="watch", source_ref="inbox", question="描述", images=(f"/scans/{n}",),
+              priority=Priority.BACKLOG, sha256=f"{i:064x}")
+        for i, n in enumerate(names)
+    ]  # fmt: skip
+    queue.submit_backlog(events)
+    claimed = hot.claim(3, node="n1")
+    answers = {claimed[0].id: "全家福 1941", claimed[1].id: "青铜器", claimed[2].id: "远山"}
+    for job in claimed:
+        hot.finish(job.id, claim=(job.node, job.attempts), claimed=job, status="done", answer=answers[job.id])
+    assert calls == []
+    first = claimed[0].id
+    assert (
+        indexed(hot, "福") == [first]
+        and indexed(hot, "合影") == [first]
+        and indexed(hot, "描") == [job.id for job in claimed]
+    )
+    # A person's correction (the ORM's way) after a hot answer: the tokens it replaces are the hot ones.
+    hot.set_review(first, "corrected", "鼎")
+    hot.set_review(first, "correct")
+    with hot.engine.connect() as conn:
+        given = conn.execute(
+            text("SELECT count(*) FROM jobs WHERE grams_new IS NOT NULL OR grams_old IS NOT NULL")
+        )
+        assert given.scalar() == 0  # handed over and cleared in the same statement: nothing kept
+        rows = conn.execute(text("SELECT id, search_text FROM jobs")).all()
+    # Every token of every job is listed for that job and no other: nothing missing, nothing stale.
+    expected: dict[str, set[int]] = {}
+    for job_id, search_text in rows:
+        for token in reference_grams(search_text).split():
+            expected.setdefault(token, set()).add(job_id)
+    with hot.engine.connect() as conn:
+        for token, jobs in expected.items():
+            listed = [
+                r[0]
+                for r in conn.execute(
+                    text("SELECT rowid FROM jobs_grams WHERE jobs_grams MATCH :q"), {"q": token}
+                )
+            ]
+            assert sorted(listed) == sorted(jobs), token
+    assert indexed(hot, "鼎") == [claimed[1].id]  # the withdrawn correction is gone from the index
+    hot.close()
