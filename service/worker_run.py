@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from db.models import Job, utcnow
@@ -205,8 +206,11 @@ class WorkerRun:
         self.claimed.update(job.id for job in jobs)
         return jobs
 
-    def process(self, jobs: list[Job]) -> None:
-        """Reuse earlier answers, decode the rest, answer them together and record each."""
+    def process(self, jobs: list[Job], answered: Callable[[], None] | None = None) -> None:
+        """Reuse earlier answers, decode the rest, answer them together and record each.
+
+        `answered` is called once the backend is done with them, before they are recorded.
+        """
         backend = self.backend
         assert backend is not None
         works: list[Work] = []
@@ -225,9 +229,11 @@ class WorkerRun:
                     self.recorder.fail(job, msg("unexpected", reason=f"{type(exc).__name__}: {exc}"), backend)
         if works:
             with job_context(*(w.job.uid for w in works)):
-                self._answer_and_record(backend, works)
+                self._answer_and_record(backend, works, answered)
 
-    def _answer_and_record(self, backend: Backend, works: list[Work]) -> None:
+    def _answer_and_record(
+        self, backend: Backend, works: list[Work], answered: Callable[[], None] | None = None
+    ) -> None:
         recorder = self.recorder
         interactive = len(works) == 1 and works[0].job.priority <= Priority.INTERACTIVE
         self.hold([w.job for w in works])
@@ -266,6 +272,8 @@ class WorkerRun:
             raise
         finally:
             self.let_go([w.job for w in works])
+            if answered is not None:
+                answered()
         if not self.current():
             log.warning("an answer arrived after its job timed out; discarded")
             return

@@ -103,6 +103,38 @@ def test_a_backlog_keeps_exactly_concurrency_requests_in_flight(
     assert all(_sidecar(p)["status"] == "done" for p in scans)  # type: ignore[index]
 
 
+def test_an_answer_still_being_recorded_leaves_its_slot_to_the_next_request(
+    make_config: Any, remote: FakeOpenAIServer
+) -> None:
+    # Recording the first answer is held up (a slow share under the sidecars, say). Its slot is free as
+    # soon as the answer arrived: the server keeps getting two requests at a time meanwhile, not one.
+    remote.latency = 0.3
+    config = _config(make_config, [remote.url], concurrency=2)
+    scans = _scans(config.watch[0].path, 10)
+    release, holding = threading.Event(), threading.Event()
+
+    def slow_recording(job: Any) -> None:
+        if not holding.is_set():
+            holding.set()
+            release.wait(30)
+
+    app = build_service(config)
+    app.queue.add_finished_listener(slow_recording)
+    app.start()
+    try:
+        assert holding.wait(30)
+        remote.max_in_flight, before = 0, remote.answered
+        wait_until(lambda: remote.answered >= before + 4, timeout=30)
+        most_while_held = remote.max_in_flight
+        release.set()
+        wait_until(lambda: all(_sidecar(p) for p in scans), timeout=60)
+    finally:
+        release.set()
+        app.stop()
+    assert most_while_held == 2
+    assert all(_sidecar(p)["status"] == "done" for p in scans)  # type: ignore[index]
+
+
 def test_no_batch_barrier_the_slowest_request_holds_only_its_own_slot(
     make_config: Any, remote: FakeOpenAIServer
 ) -> None:
