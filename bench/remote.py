@@ -6,10 +6,12 @@ The stand-in (`bench/fake_openai.py`, aiohttp in this process) answers every req
 seconds and has no concurrency limit, like a continuously batching server with room to spare. tuwen serve
 runs in its own process with the `openai` backend, one watched folder and the HTTP API.
 
-1. **Backlog throughput** for each `--concurrency` C: `--scans` tiny distinct PNG scans are copied into the
-   watched folder at once; scans/s from the first copy to the last job recorded (read from the service's
-   own database), against the ideal C ÷ latency. Target: ≥ 90 % of ideal while the ideal is below the
-   spine's ceiling.
+1. **Backlog throughput** for each `--concurrency` C: `--scans` (at least 25 × C, so that every run lasts
+   some 25 of the server's latencies) tiny distinct PNG scans are copied into the watched folder at once;
+   scans/s from the first copy to the last job recorded (read from the service's own database), against
+   the ideal C ÷ latency. Target: ≥ 90 % of ideal while the ideal is below the spine's ceiling. The first
+   answer cannot come before the folder's stability wait (0.2 s here) plus one latency: over 400 scans at
+   C = 64 that alone was a tenth of the ideal run.
 2. **The spine's ceiling**: the same with latency 0 and C = 64 (what the service itself can do per second:
    claim, decode, encode, send, record, write two sidecars, notice the file). With `--profile`, py-spy
    samples the service meanwhile and the top functions by own time are printed (where the time goes).
@@ -256,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
             ceiling = sorted(ceilings, key=lambda run: float(run["per_s"]))[len(ceilings) // 2]
         levels = args.concurrency.split(",") if "backlog" in parts else []
-        runs = [backlog_run(server, args.latency, int(c), args.scans) for c in levels]
+        runs = [backlog_run(server, args.latency, int(c), max(args.scans, 25 * int(c))) for c in levels]
         interactive = interactive_run(server, args.latency) if "interactive" in parts else None
     finally:
         server.stop()
