@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from queue import SimpleQueue
 from typing import TYPE_CHECKING
 
 from db.models import Job
@@ -58,6 +59,11 @@ class Dispatcher:
         self._busy = {"interactive": 0, "backlog": 0}  # requests at the server
         self._threads = 0  # jobs in hand: at the server or being recorded
         self._swept = 0.0
+        # The threads that run jobs: started as needed, then reused (a thread start per job waited for
+        # the new thread to get the GIL, with the dispatcher's next claims behind it).
+        self._todo: SimpleQueue[tuple[Job, str] | None] = SimpleQueue()
+        self._pool = 0
+        self._idle = 0  # pool threads waiting for a job, not yet promised one
 
     def free(self, kind: str) -> int:
         """Free slots of one kind ("interactive" or "backlog")."""
@@ -89,6 +95,8 @@ class Dispatcher:
             # re-queues what is still out after it, and these threads, being daemons, never hold up exit).
             while self.busy() and run.current():
                 queue.wait_for_work(FULL_WAIT_SECONDS)
+            for _ in range(self._pool):
+                self._todo.put(None)  # each pool thread ends once it is done with its job
 
     def busy(self) -> int:
         """Jobs in hand (at the server or being recorded)."""
@@ -100,11 +108,24 @@ class Dispatcher:
         with self._lock:
             self._busy[kind] += 1
             self._threads += 1
-        # A thread per job rather than a pool: daemon threads, so a request the server never answers
-        # cannot keep the process alive at exit (ThreadPoolExecutor joins its threads then).
-        threading.Thread(
-            target=self._one, args=(job, kind), name=f"tuwen-dispatch-{job.id}", daemon=True
-        ).start()
+            grow = self._idle == 0
+            if grow:
+                self._pool += 1
+            else:
+                self._idle -= 1  # that thread takes this job
+        self._todo.put((job, kind))
+        if grow:
+            # Daemon threads rather than a ThreadPoolExecutor (which joins its threads at exit): a request
+            # the server never answers cannot keep the process alive.
+            threading.Thread(
+                target=self._serve_jobs, name=f"tuwen-dispatch-{self._pool}", daemon=True
+            ).start()
+
+    def _serve_jobs(self) -> None:
+        while (item := self._todo.get()) is not None:
+            self._one(*item)
+            with self._lock:
+                self._idle += 1
 
     def _wanted(self) -> tuple[int, int]:
         """How many interactive and backlog jobs to claim now (0 when not worth a claim yet)."""
