@@ -29,7 +29,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.claims import claim_parameters, claim_statement, detached_job, jobs_of
 from db.engine import POSTGRESQL, database_url, make_engine, psycopg_connect_args, shown, sqlite_path
 from db.faults import storage_fault
-from db.hot_writes import Outcome, claimed_row, finish_job, guarded_update, insert_jobs, job_rows
+from db.group_commit import GroupCommit
+from db.hot_writes import Outcome, claimed_row, guarded_update, insert_jobs, job_rows
 from db.models import Job, JobStatus, ReviewStatus, utcnow
 from db.notify import CHANNEL, ChangeListener
 from db.reads import MAX_ROW_ID, JobReads
@@ -72,6 +73,7 @@ class Store(JobReads):
         self._token = uuid.uuid4().hex  # our own NOTIFYs carry it, so the listener skips them
         self._listener: ChangeListener | None = None
         self._claims = {uids: claim_statement(self.postgresql, uids) for uids in (False, True)}
+        self._answers = GroupCommit(self._write_lock, self._transaction, lock_rows=self.postgresql)
         # Whether writes work right now (disk full, remounted read-only, locked): /health shows it.
         self.health = Availability(
             log,
@@ -143,7 +145,13 @@ class Store(JobReads):
     @contextmanager
     def _write_connection(self) -> Iterator[Connection]:
         """A Core write transaction (the claim's hot path), with the same lock and fault handling."""
-        with self._faults(), self._write_lock, self.engine.begin() as connection:
+        with self._write_lock, self._transaction() as connection:
+            yield connection
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """A Core transaction with fault handling, for a caller already holding the writer."""
+        with self._faults(), self.engine.begin() as connection:
             yield connection
 
     @contextmanager
@@ -257,8 +265,7 @@ class Store(JobReads):
         known = None if claimed is None else claimed_row(claimed)
         outcome = Outcome(job_id, claim, fields, known)
         guarded = guarded_update(outcome, gram_index=not self.postgresql)  # before the writer is taken
-        with self._write_connection() as connection:
-            written, row = finish_job(connection, outcome, guarded, lock=self.postgresql)
+        written, row = self._answers.finish(outcome, guarded)  # with the others waiting (db/group_commit.py)
         if written and row is None and guarded is not None and known is not None:
             return detached_job(guarded.row(known))
         if row is None:
