@@ -17,6 +17,11 @@ the store registers (`register`). A contentless table forgets a row only when to
 indexed, so the function must stay deterministic and unchanged: a change to it (or to `db.folding`)
 needs a migration that rebuilds the table. A tool writing to `jobs` outside tuwen (the `sqlite3` shell)
 gets "no such function: tuwen_grams": use tuwen's own commands instead.
+
+The spine's hot writes (a round of new scans, an answer) do not let the triggers call the function: a
+call back into Python from inside a statement waits for the GIL while the store's writer is held. They
+compute the tokens beforehand and hand them over in `jobs.grams_new` / `jobs.grams_old`, which the
+triggers use when set and clear in the same statement (migration 0008).
 """
 
 from __future__ import annotations
