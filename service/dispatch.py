@@ -156,13 +156,14 @@ class Dispatcher:
         return jobs
 
     def _one(self, job: Job, kind: str) -> None:
-        freed = threading.Event()
+        freed = False
 
         def answered() -> None:  # the answer is here (or the job failed): its slot may take the next one
+            nonlocal freed
             with self._lock:
-                if freed.is_set():
+                if freed:
                     return
-                freed.set()
+                freed = True
                 self._busy[kind] -= 1
             self.run.owner.queue.notify()
 

@@ -209,7 +209,9 @@ class WorkerRun:
     def process(self, jobs: list[Job], answered: Callable[[], None] | None = None) -> None:
         """Reuse earlier answers, decode the rest, answer them together and record each.
 
-        `answered` is called once the backend is done with them, before they are recorded.
+        `answered` is called once the backend is done with them: before an answer is recorded, after a
+        failure is (the recorder's retry or failure write comes first). Not at all when none reached the
+        backend (every answer reused or every file refused): the caller frees its slot itself then.
         """
         backend = self.backend
         assert backend is not None
