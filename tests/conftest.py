@@ -207,4 +207,4 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 # --- a throwaway PostgreSQL cluster (tests/pg.py) --------------------------------------------------------
 
-from tests.pg import pg_cluster, pg_url  # noqa: E402, F401
+from tests.pg import pg_cluster, pg_url, store_on_each  # noqa: E402, F401

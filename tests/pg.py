@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from db.store import Store
+
 
 def _bin_dir() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
@@ -130,3 +132,13 @@ def pg_cluster() -> Iterator[Cluster]:
 def pg_url(pg_cluster: Cluster) -> str:
     """The URL of a fresh, empty database on the session's cluster."""
     return pg_cluster.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_on_each(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A migrated store on a SQLite file, and (the test's second run) on a fresh PostgreSQL database."""
+    target = tmp_path / "tuwen.sqlite3" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    opened = Store(target)
+    opened.migrate()
+    yield opened
+    opened.close()

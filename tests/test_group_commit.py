@@ -5,8 +5,6 @@ refuses does not take the others with it."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,13 +18,9 @@ from service.queue import JobQueue
 from tests.conftest import wait_until
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    target = tmp_path / "tuwen.sqlite3" if request.param == "sqlite" else request.getfixturevalue("pg_url")
-    opened = Store(target)
-    opened.migrate()
-    yield opened
-    opened.close()
+@pytest.fixture
+def store(store_on_each: Store) -> Store:
+    return store_on_each
 
 
 def claimed(store: Store, count: int) -> list[Any]:

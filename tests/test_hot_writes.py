@@ -10,7 +10,6 @@ old name.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,13 +29,9 @@ from watchers.intake import FileIntake
 NAMES = ("舊照片-001.png", "舊照片-002.png", "合影-003.png")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    target = tmp_path / "tuwen.sqlite3" if request.param == "sqlite" else request.getfixturevalue("pg_url")
-    opened = Store(target)
-    opened.migrate()
-    yield opened
-    opened.close()
+@pytest.fixture
+def store(store_on_each: Store) -> Store:
+    return store_on_each
 
 
 def scan_event(name: str) -> Event:
